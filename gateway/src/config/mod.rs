@@ -1,0 +1,209 @@
+//! The configuration contract: YAML file → figment (file, then `GATEWAY_*` env with
+//! `__` nesting) → [`raw`] serde structs → [`model::validate`] → [`Config`].
+//!
+//! A bad configuration never starts a server: [`ConfigError`] names the file (or
+//! the environment variable) and the key path, e.g.
+//! `conf/gateway.yaml: routes[2].cache.default_ttl: invalid duration ...`.
+
+pub mod model;
+pub mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Yaml};
+use figment::Figment;
+
+pub use model::*;
+pub use raw::RawConfig;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "GATEWAY_";
+
+/// One semantic problem, at one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Key path, e.g. `routes[1].upstream`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file does not exist or cannot be read.
+    #[error("{}: cannot read the configuration file: {source}", path.display())]
+    Unreadable {
+        /// The file named on the command line.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// YAML syntax, unknown key, wrong type, bad duration or size.
+    #[error("{}", Lines(.0))]
+    Parse(Vec<String>),
+    /// Semantic problems found by `validate()`, all of them.
+    #[error("{}", Lines(&.1.iter().map(|i| format!("{}: {}: {}", .0, i.key, i.message)).collect::<Vec<_>>()))]
+    Invalid(String, Vec<Invalid>),
+}
+
+struct Lines<'a>(&'a [String]);
+
+impl fmt::Display for Lines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, l) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            f.write_str(l)?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads `path`, applies `GATEWAY_*` environment overrides, and validates.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    // figment silently treats a missing file as empty: check first.
+    std::fs::metadata(path).map_err(|source| ConfigError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    let figment = Figment::new()
+        .merge(Yaml::file_exact(path))
+        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    from_figment(figment, &path.display().to_string())
+}
+
+/// Builds a config from YAML text only (no environment): the seam tests use.
+pub fn from_yaml_str(yaml: &str) -> Result<Config, ConfigError> {
+    from_figment(Figment::from(Yaml::string(yaml)), "<yaml>")
+}
+
+fn from_figment(figment: Figment, file: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = figment
+        .extract()
+        .map_err(|e| ConfigError::Parse(e.into_iter().map(|e| describe(&e, file)).collect()))?;
+    model::validate(raw).map_err(|problems| ConfigError::Invalid(file.to_owned(), problems))
+}
+
+/// `source: key.path[2]: what` for one figment error.
+fn describe(e: &figment::Error, file: &str) -> String {
+    let key = key_path(&e.path);
+    // Name the environment variable when the bad value came from one.
+    let source = match &e.metadata {
+        Some(md) if md.name.contains("environment") => {
+            let keys: Vec<&str> = e.path.iter().map(String::as_str).collect();
+            match e.profile.as_ref() {
+                Some(p) if !keys.is_empty() => {
+                    format!("environment variable {}", md.interpolate(p, &keys))
+                }
+                _ => md.name.to_string(),
+            }
+        }
+        _ => file.to_owned(),
+    };
+    let kind = e.kind.to_string();
+    if key.is_empty() {
+        format!("{source}: {kind}")
+    } else {
+        format!("{source}: {key}: {kind}")
+    }
+}
+
+/// figment paths are `["routes", "2", "cache"]`; the contract writes `routes[2].cache`.
+fn key_path(path: &[String]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(seg);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+upstreams:
+  app: { servers: ["127.0.0.1:5000"] }
+routes:
+  - { name: a, match: { path_prefix: /a }, upstream: app }
+  - { name: b, match: { path_prefix: / }, upstream: app }
+"#;
+
+    fn err(yaml: &str) -> String {
+        from_yaml_str(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parse_errors_name_the_key_path() {
+        let cases = [
+            (format!("{BASE}\nthreads: x"), "<yaml>: threads: invalid type"),
+            (
+                BASE.replace("path_prefix: /a", "path_prefix: /a, bogus: 1"),
+                "<yaml>: routes[0].match.bogus: unknown field",
+            ),
+            (
+                BASE.replace("name: a, ", "name: a, cache: { default_ttl: 5 parsecs }, "),
+                "<yaml>: routes[0].cache.default_ttl: invalid value",
+            ),
+            (
+                format!("{BASE}\nclient: {{ max_body_size: 10 zb }}"),
+                "<yaml>: client.max_body_size: invalid size \"10 zb\"",
+            ),
+            ("routes: [".to_string(), "<yaml>: did not find expected node content"),
+        ];
+        for (yaml, want) in cases {
+            let got = err(&yaml);
+            assert!(got.starts_with(want), "got {got:?}, want prefix {want:?}");
+        }
+    }
+
+    #[test]
+    fn validation_lists_every_problem_with_its_key() {
+        let yaml = BASE
+            .replace("upstream: app }\n  - { name: b", "upstream: nope }\n  - { name: a")
+            .replace("path_prefix: /a", "path_prefix: a, methods: [GETT]");
+        let got = err(&format!("{yaml}\nlisten: nowhere\nshutdown: {{ grace_period: 1500ms }}"));
+        for want in [
+            "<yaml>: listen: \"nowhere\" is not an IP:port address",
+            "<yaml>: shutdown.grace_period: must be a whole number of seconds",
+            "<yaml>: routes[0].upstream: no upstream named \"nope\"",
+            "<yaml>: routes[0].match.path_prefix: must start with '/'",
+            "<yaml>: routes[0].match.methods[0]: unknown method \"GETT\"",
+            "<yaml>: routes[1].name: duplicate route name \"a\"",
+        ] {
+            assert!(got.contains(want), "{want:?} missing in:\n{got}");
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let c = from_yaml_str(BASE).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.client.max_header_bytes, 64 * 1024);
+        assert_eq!(c.routes[0].matcher.path_prefix, "/a");
+        assert_eq!(c.routes[1].matcher.path_prefix, "/");
+        assert!(c.admin.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let open = format!("{BASE}\nadmin: {{ listen: \"0.0.0.0:9180\" }}");
+        assert!(err(&open).contains("admin.listen: 0.0.0.0:9180 is not a loopback address"));
+        let with_token = format!(
+            "{BASE}\nadmin: {{ listen: \"0.0.0.0:9180\", token: 0123456789abcdef0123 }}"
+        );
+        assert!(from_yaml_str(&with_token).is_ok());
+    }
+}

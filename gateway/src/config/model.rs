@@ -1,0 +1,708 @@
+//! The internal, already-checked configuration and the `validate()` that builds it.
+//!
+//! Everything here is parsed: socket addresses, CIDRs, methods, host patterns,
+//! non-zero limits. Code that holds a [`Config`] never re-checks it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Method;
+use ipnet::IpNet;
+
+use super::raw::{self, RateSpec, RawConfig};
+use super::Invalid;
+
+/// Pingora's own hard cap on request header bytes (`MAX_HEADER_SIZE`).
+pub const PINGORA_MAX_HEADER_BYTES: u64 = 1024 * 1024;
+/// Pingora's own hard cap on request header fields (`MAX_HEADERS`).
+pub const PINGORA_MAX_HEADERS: usize = 256;
+
+/// The validated gateway configuration: one immutable snapshot.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Main listener.
+    pub listen: SocketAddr,
+    /// Proxy worker threads.
+    pub threads: usize,
+    /// Daemon pid file.
+    pub pid_file: PathBuf,
+    /// Binary-upgrade socket.
+    pub upgrade_sock: PathBuf,
+    /// Stop timings.
+    pub shutdown: Shutdown,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Client-side limits.
+    pub client: ClientLimits,
+    /// Admin listener.
+    pub admin: Admin,
+    /// Access log.
+    pub access_log: AccessLog,
+    /// Upstreams in name order; routes refer to them by index.
+    pub upstreams: Vec<Upstream>,
+    /// Shared cache.
+    pub cache: Cache,
+    /// Routes in file order (first match wins).
+    pub routes: Vec<Route>,
+}
+
+/// `shutdown:` with whole-second durations where Pingora counts seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Shutdown {
+    /// Time `/ready` says 503 while listeners still accept.
+    pub drain_delay: Duration,
+    /// Upper bound on the whole stop.
+    pub grace_period: Duration,
+}
+
+/// `client:`
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// Open downstream connections at most.
+    pub max_connections: usize,
+    /// Header block bytes at most.
+    pub max_header_bytes: usize,
+    /// Header fields at most.
+    pub max_headers: usize,
+    /// Whole-header-block deadline.
+    pub header_timeout: Duration,
+    /// Body bytes at most.
+    pub max_body_size: u64,
+    /// Idle keep-alive time.
+    pub keepalive_timeout: Duration,
+}
+
+/// `admin:`
+#[derive(Clone)]
+pub struct Admin {
+    /// Admin listener.
+    pub listen: SocketAddr,
+    /// Bearer token, if one is configured.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// `access_log:`
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    /// Whether lines are written.
+    pub enabled: bool,
+    /// Where.
+    pub target: LogTarget,
+}
+
+/// One server of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// As written in the file (`app.internal:5000`).
+    pub spec: String,
+    /// Resolved at load.
+    pub addr: SocketAddr,
+}
+
+/// `upstreams.<name>:`
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The key in `upstreams`.
+    pub name: String,
+    /// Resolved servers; never empty.
+    pub servers: Vec<Server>,
+    /// Active health check.
+    pub health_check: Option<HealthCheck>,
+    /// TCP connect deadline.
+    pub connect_timeout: Duration,
+    /// Per-read (and per-write) deadline.
+    pub read_timeout: Duration,
+    /// Idle pooled connection lifetime.
+    pub idle_timeout: Duration,
+    /// Upstream-wide in-flight cap.
+    pub max_inflight: Option<NonZeroU32>,
+    /// Circuit breaker.
+    pub breaker: Option<Breaker>,
+}
+
+/// `health_check:`
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// Path requested.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Deadline of one check.
+    pub timeout: Duration,
+}
+
+/// `breaker:`
+#[derive(Debug, Clone, Copy)]
+pub struct Breaker {
+    /// Failures in a row that open it.
+    pub consecutive_failures: NonZeroU32,
+    /// Open time before a trial.
+    pub open_for: Duration,
+}
+
+/// `cache:`
+#[derive(Debug, Clone)]
+pub struct Cache {
+    /// Byte bound of the whole cache.
+    pub max_size: u64,
+    /// Largest storable response.
+    pub max_object_size: u64,
+    /// Who may send `PURGE`.
+    pub purge_allow: Vec<IpNet>,
+}
+
+/// How a route matches the request host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Exactly this host (lowercase, no port).
+    Exact(String),
+    /// Any host ending in this suffix, which starts with a dot (`*.example.com` → `.example.com`).
+    Suffix(String),
+}
+
+/// `routes[i].match:`, compiled.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    /// Prefix without trailing slash (`/` stays `/`).
+    pub path_prefix: String,
+    /// Allowed methods; `None` = all.
+    pub methods: Option<Vec<Method>>,
+    /// Host pattern; `None` = any host.
+    pub host: Option<HostMatch>,
+}
+
+/// `routes[i].cache:`
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    /// Heuristic freshness lifetime where RFC 9111 allows one.
+    pub default_ttl: Option<Duration>,
+    /// Default SWR window.
+    pub stale_while_revalidate: Option<Duration>,
+    /// Default SIE window.
+    pub stale_if_error: Option<Duration>,
+}
+
+/// `routes[i].limits.queue:`
+#[derive(Debug, Clone, Copy)]
+pub struct Queue {
+    /// Waiting requests at most.
+    pub max_len: u32,
+    /// Longest wait.
+    pub timeout: Duration,
+}
+
+/// `routes[i].limits.rate:`
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// Sustained rate per client.
+    pub per_client: RateSpec,
+    /// Burst allowance.
+    pub burst: u32,
+}
+
+/// `routes[i].limits:`
+#[derive(Debug, Clone, Default)]
+pub struct RouteLimits {
+    /// Route-wide in-flight cap.
+    pub max_inflight: Option<NonZeroU32>,
+    /// Wait queue.
+    pub queue: Option<Queue>,
+    /// Rate limit.
+    pub rate: Option<Rate>,
+}
+
+/// `routes[i]:`
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique name (metrics label).
+    pub name: String,
+    /// Compiled matcher.
+    pub matcher: RouteMatch,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Allowed client networks; `None` = everyone.
+    pub allow_from: Option<Vec<IpNet>>,
+    /// Caching rule; `None` = no caching.
+    pub cache: Option<RouteCache>,
+    /// Limits.
+    pub limits: RouteLimits,
+}
+
+/// Collects every problem of a file, each with its key path.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Invalid>,
+}
+
+impl Checker {
+    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Invalid {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn addr(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.fail(key, format!("{value:?} is not an IP:port address (e.g. 0.0.0.0:8080)"));
+                None
+            }
+        }
+    }
+
+    fn nets(&mut self, key: &str, values: &[String]) -> Vec<IpNet> {
+        let mut out = Vec::with_capacity(values.len());
+        for (i, v) in values.iter().enumerate() {
+            match parse_net(v) {
+                Some(n) => out.push(n),
+                None => self.fail(
+                    format!("{key}[{i}]"),
+                    format!("{v:?} is not a CIDR (10.0.0.0/8) or an IP address"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn nonzero(&mut self, key: &str, v: Option<u32>) -> Option<NonZeroU32> {
+        let v = v?;
+        let n = NonZeroU32::new(v);
+        if n.is_none() {
+            self.fail(key, "must be > 0");
+        }
+        n
+    }
+
+    fn positive(&mut self, key: &str, d: Duration) -> Duration {
+        if d.is_zero() {
+            self.fail(key, "must be > 0");
+        }
+        d
+    }
+}
+
+/// `10.0.0.0/8`, `::1/128`, or a bare address (a /32 or /128).
+fn parse_net(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// Checks a parsed file and builds the internal [`Config`], or lists every problem.
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
+    let mut c = Checker::default();
+
+    let listen = c.addr("listen", &raw.listen);
+    if raw.threads == 0 {
+        c.fail("threads", "must be > 0");
+    }
+
+    let shutdown = Shutdown {
+        drain_delay: raw.shutdown.drain_delay,
+        grace_period: raw.shutdown.grace_period,
+    };
+    if shutdown.grace_period.subsec_nanos() != 0 || shutdown.grace_period.is_zero() {
+        c.fail(
+            "shutdown.grace_period",
+            "must be a whole number of seconds > 0 (Pingora counts the grace period in seconds)",
+        );
+    }
+    if shutdown.drain_delay >= shutdown.grace_period {
+        c.fail("shutdown.drain_delay", "must be shorter than shutdown.grace_period");
+    }
+
+    let trusted_proxies = c.nets("trusted_proxies", &raw.trusted_proxies);
+
+    let rc = &raw.client;
+    if rc.max_connections == 0 {
+        c.fail("client.max_connections", "must be > 0");
+    }
+    if rc.max_header_bytes.as_u64() == 0 || rc.max_header_bytes.as_u64() > PINGORA_MAX_HEADER_BYTES {
+        c.fail(
+            "client.max_header_bytes",
+            "must be between 1 byte and 1MiB (Pingora's own hard cap)",
+        );
+    }
+    if rc.max_headers == 0 || rc.max_headers > PINGORA_MAX_HEADERS {
+        c.fail(
+            "client.max_headers",
+            format!("must be between 1 and {PINGORA_MAX_HEADERS} (Pingora's own hard cap)"),
+        );
+    }
+    let client = ClientLimits {
+        max_connections: rc.max_connections,
+        max_header_bytes: rc.max_header_bytes.as_u64() as usize,
+        max_headers: rc.max_headers,
+        header_timeout: c.positive("client.header_timeout", rc.header_timeout),
+        max_body_size: rc.max_body_size.as_u64(),
+        keepalive_timeout: rc.keepalive_timeout,
+    };
+
+    let admin_listen = c.addr("admin.listen", &raw.admin.listen);
+    let token = admin_token(&mut c, &raw.admin);
+    if let (Some(a), None) = (admin_listen, &token) {
+        if !a.ip().is_loopback() {
+            c.fail(
+                "admin.listen",
+                format!(
+                    "{a} is not a loopback address and no admin token is set: \
+                     set admin.token or admin.token_file (or GATEWAY_ADMIN__TOKEN)"
+                ),
+            );
+        }
+    }
+    if let (Some(a), Some(l)) = (admin_listen, listen) {
+        if a == l {
+            c.fail("admin.listen", "must differ from listen");
+        }
+    }
+
+    let target = match raw.access_log.path.as_str() {
+        "stdout" => LogTarget::Stdout,
+        "stderr" => LogTarget::Stderr,
+        "" => {
+            c.fail("access_log.path", "must be stdout, stderr or a file path");
+            LogTarget::Stdout
+        }
+        p => LogTarget::File(PathBuf::from(p)),
+    };
+
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    for (name, ru) in &raw.upstreams {
+        upstreams.push(upstream(&mut c, name, ru));
+    }
+
+    let rcache = &raw.cache;
+    if rcache.max_size.as_u64() == 0 {
+        c.fail("cache.max_size", "must be > 0");
+    }
+    if rcache.max_object_size.as_u64() == 0 || rcache.max_object_size.0 > rcache.max_size.0 {
+        c.fail("cache.max_object_size", "must be > 0 and at most cache.max_size");
+    }
+    let cache = Cache {
+        max_size: rcache.max_size.as_u64(),
+        max_object_size: rcache.max_object_size.as_u64(),
+        purge_allow: c.nets("cache.purge_allow", &rcache.purge_allow),
+    };
+
+    if raw.routes.is_empty() {
+        c.fail("routes", "at least one route is needed");
+    }
+    let index: BTreeMap<&str, usize> = raw
+        .upstreams
+        .keys()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
+    let mut names = HashSet::new();
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, rr) in raw.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if let Some(r) = route(&mut c, &key, rr, &index, &mut names) {
+            routes.push(r);
+        }
+    }
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(Config {
+        listen: listen.expect("checked above"),
+        threads: raw.threads,
+        pid_file: PathBuf::from(raw.pid_file),
+        upgrade_sock: PathBuf::from(raw.upgrade_sock),
+        shutdown,
+        trusted_proxies,
+        client,
+        admin: Admin {
+            listen: admin_listen.expect("checked above"),
+            token,
+        },
+        access_log: AccessLog {
+            enabled: raw.access_log.enabled,
+            target,
+        },
+        upstreams,
+        cache,
+        routes,
+    })
+}
+
+fn admin_token(c: &mut Checker, a: &raw::RawAdmin) -> Option<String> {
+    match (&a.token, &a.token_file) {
+        (Some(_), Some(_)) => {
+            c.fail("admin.token", "set admin.token or admin.token_file, not both");
+            None
+        }
+        (Some(t), None) => {
+            let t = t.trim();
+            if t.len() < 16 {
+                c.fail("admin.token", "must be at least 16 characters");
+            }
+            Some(t.to_owned())
+        }
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(s) => {
+                let t = s.lines().next().unwrap_or("").trim().to_owned();
+                if t.len() < 16 {
+                    c.fail(
+                        "admin.token_file",
+                        format!("{path}: the token (first line) must be at least 16 characters"),
+                    );
+                }
+                Some(t)
+            }
+            Err(e) => {
+                c.fail("admin.token_file", format!("cannot read {path}: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
+    let key = format!("upstreams.{name}");
+    if !valid_name(name) {
+        c.fail(&key, "upstream names use letters, digits, '-', '_' and '.' only");
+    }
+    if ru.servers.is_empty() {
+        c.fail(format!("{key}.servers"), "needs at least one server");
+    }
+    let mut servers = Vec::new();
+    for (i, spec) in ru.servers.iter().enumerate() {
+        let skey = format!("{key}.servers[{i}]");
+        match resolve(spec) {
+            Ok(addrs) => {
+                for addr in addrs {
+                    let s = Server { spec: spec.clone(), addr };
+                    if !servers.contains(&s) {
+                        servers.push(s);
+                    }
+                }
+            }
+            Err(msg) => c.fail(skey, msg),
+        }
+    }
+    let health_check = ru.health_check.as_ref().map(|h| {
+        if !h.path.starts_with('/') {
+            c.fail(format!("{key}.health_check.path"), "must start with '/'");
+        }
+        HealthCheck {
+            path: h.path.clone(),
+            interval: c.positive(&format!("{key}.health_check.interval"), h.interval),
+            timeout: c.positive(&format!("{key}.health_check.timeout"), h.timeout),
+        }
+    });
+    let breaker = ru.breaker.as_ref().map(|b| Breaker {
+        consecutive_failures: c
+            .nonzero(&format!("{key}.breaker.consecutive_failures"), Some(b.consecutive_failures))
+            .unwrap_or(NonZeroU32::MIN),
+        open_for: c.positive(&format!("{key}.breaker.open_for"), b.open_for),
+    });
+    Upstream {
+        name: name.to_owned(),
+        servers,
+        health_check,
+        connect_timeout: c.positive(&format!("{key}.connect_timeout"), ru.connect_timeout),
+        read_timeout: c.positive(&format!("{key}.read_timeout"), ru.read_timeout),
+        idle_timeout: ru.idle_timeout,
+        max_inflight: c.nonzero(&format!("{key}.limits.max_inflight"), ru.limits.max_inflight),
+        breaker,
+    }
+}
+
+/// Resolves `host:port` to every address it names (like nginx's `server` lines).
+fn resolve(spec: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(a) = spec.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let Some((host, port)) = spec.rsplit_once(':') else {
+        return Err(format!("{spec:?} is not host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{spec:?} is not host:port"));
+    }
+    match spec.to_socket_addrs() {
+        Ok(it) => {
+            let v: Vec<_> = it.collect();
+            if v.is_empty() {
+                Err(format!("{spec:?} resolves to no address"))
+            } else {
+                Ok(v)
+            }
+        }
+        Err(e) => Err(format!("cannot resolve {spec:?}: {e}")),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Methods a route may list; anything else is most likely a typo.
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PURGE",
+];
+
+fn route(
+    c: &mut Checker,
+    key: &str,
+    rr: &raw::RawRoute,
+    upstreams: &BTreeMap<&str, usize>,
+    names: &mut HashSet<String>,
+) -> Option<Route> {
+    if rr.name.is_empty() {
+        c.fail(format!("{key}.name"), "is required");
+    } else if !valid_name(&rr.name) {
+        c.fail(format!("{key}.name"), "route names use letters, digits, '-', '_' and '.' only");
+    } else if !names.insert(rr.name.clone()) {
+        c.fail(format!("{key}.name"), format!("duplicate route name {:?}", rr.name));
+    }
+
+    let upstream = if rr.upstream.is_empty() {
+        c.fail(format!("{key}.upstream"), "is required");
+        None
+    } else {
+        let found = upstreams.get(rr.upstream.as_str()).copied();
+        if found.is_none() {
+            c.fail(
+                format!("{key}.upstream"),
+                format!("no upstream named {:?} in upstreams", rr.upstream),
+            );
+        }
+        found
+    };
+
+    let m = &rr.matcher;
+    let path_prefix = if !m.path_prefix.starts_with('/') {
+        c.fail(format!("{key}.match.path_prefix"), "must start with '/'");
+        "/".to_owned()
+    } else if m.path_prefix.contains(['?', '#']) || m.path_prefix.contains("//") {
+        c.fail(format!("{key}.match.path_prefix"), "must be a plain path (no '?', '#' or '//')");
+        "/".to_owned()
+    } else if m.path_prefix.len() > 1 {
+        m.path_prefix.trim_end_matches('/').to_owned()
+    } else {
+        "/".to_owned()
+    };
+    let methods = m.methods.as_ref().map(|ms| {
+        if ms.is_empty() {
+            c.fail(format!("{key}.match.methods"), "must list at least one method, or be left out");
+        }
+        let mut out = Vec::with_capacity(ms.len());
+        for (i, s) in ms.iter().enumerate() {
+            if KNOWN_METHODS.contains(&s.as_str()) {
+                out.push(Method::from_bytes(s.as_bytes()).expect("known method"));
+            } else {
+                c.fail(
+                    format!("{key}.match.methods[{i}]"),
+                    format!("unknown method {s:?} (expected one of {})", KNOWN_METHODS.join(", ")),
+                );
+            }
+        }
+        out
+    });
+    let host = m.host.as_ref().and_then(|h| {
+        let h = h.trim().to_ascii_lowercase();
+        let (wild, rest) = match h.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, h.as_str()),
+        };
+        let ok = !rest.is_empty()
+            && rest.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            c.fail(
+                format!("{key}.match.host"),
+                format!("{h:?} is not a host name or *.suffix pattern (no port)"),
+            );
+            return None;
+        }
+        Some(if wild {
+            HostMatch::Suffix(format!(".{rest}"))
+        } else {
+            HostMatch::Exact(h.clone())
+        })
+    });
+
+    let allow_from = rr
+        .allow_from
+        .as_ref()
+        .map(|v| c.nets(&format!("{key}.allow_from"), v));
+
+    let cache = rr.cache.as_ref().filter(|rc| rc.enabled).map(|rc| RouteCache {
+        default_ttl: rc.default_ttl,
+        stale_while_revalidate: rc.stale_while_revalidate,
+        stale_if_error: rc.stale_if_error,
+    });
+
+    let rl = &rr.limits;
+    let limits = RouteLimits {
+        max_inflight: c.nonzero(&format!("{key}.limits.max_inflight"), rl.max_inflight),
+        queue: rl.queue.as_ref().map(|q| Queue {
+            max_len: q.max_len,
+            timeout: c.positive(&format!("{key}.limits.queue.timeout"), q.timeout),
+        }),
+        rate: rl.rate.as_ref().and_then(|r| match r.per_client {
+            Some(per_client) => Some(Rate {
+                per_client,
+                burst: r.burst.unwrap_or(per_client.count),
+            }),
+            None => {
+                c.fail(format!("{key}.limits.rate.per_client"), "is required in a rate block");
+                None
+            }
+        }),
+    };
+    if limits.queue.is_some() && limits.max_inflight.is_none() {
+        c.fail(
+            format!("{key}.limits.queue"),
+            "a queue needs limits.max_inflight on the same route",
+        );
+    }
+
+    Some(Route {
+        name: rr.name.clone(),
+        matcher: RouteMatch {
+            path_prefix,
+            methods,
+            host,
+        },
+        upstream: upstream?,
+        allow_from,
+        cache,
+        limits,
+    })
+}

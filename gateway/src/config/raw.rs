@@ -1,0 +1,500 @@
+//! The YAML shape of `conf/gateway.yaml`, one struct per block.
+//!
+//! These types only mirror the file: every field has a default, unknown keys are
+//! rejected, and durations and sizes are parsed by `humantime` and `bytesize`.
+//! Semantic checks (addresses, CIDRs, references between blocks) happen in
+//! [`super::model::validate`], which turns this into the internal [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// Main (public) listener, `host:port`. Needs a restart to change.
+    pub listen: String,
+    /// Worker threads of the proxy service. Needs a restart to change.
+    pub threads: usize,
+    /// Where the daemon (`-d`) writes its pid. Needs a restart to change.
+    pub pid_file: String,
+    /// Unix socket over which listening sockets are handed to a new binary (`-u`).
+    pub upgrade_sock: String,
+    /// Graceful stop timings.
+    pub shutdown: RawShutdown,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed (CIDRs or addresses).
+    pub trusted_proxies: Vec<String>,
+    /// What the gateway accepts from clients.
+    pub client: RawClient,
+    /// The admin listener.
+    pub admin: RawAdmin,
+    /// The JSON-lines access log.
+    pub access_log: RawAccessLog,
+    /// Named groups of origin servers.
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// The shared response cache.
+    pub cache: RawCache,
+    /// Routes, first match wins.
+    pub routes: Vec<RawRoute>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            threads: 2,
+            pid_file: "/run/gateway/gateway.pid".into(),
+            upgrade_sock: "/run/gateway/upgrade.sock".into(),
+            shutdown: RawShutdown::default(),
+            trusted_proxies: Vec::new(),
+            client: RawClient::default(),
+            admin: RawAdmin::default(),
+            access_log: RawAccessLog::default(),
+            upstreams: BTreeMap::new(),
+            cache: RawCache::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// `shutdown:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawShutdown {
+    /// After SIGTERM, how long listeners keep accepting while `/ready` says 503.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// Upper bound for the whole stop, in whole seconds.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::from_secs(2),
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `client:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawClient {
+    /// Open downstream connections at most.
+    pub max_connections: usize,
+    /// Size of the whole request header block at most (431 beyond).
+    pub max_header_bytes: Size,
+    /// Number of request header fields at most (431 beyond).
+    pub max_headers: usize,
+    /// Deadline for the whole request header block.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Request body size at most (413 beyond).
+    pub max_body_size: Size,
+    /// How long an idle client connection is kept open.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for RawClient {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_header_bytes: Size(64 * 1024),
+            max_headers: 100,
+            header_timeout: Duration::from_secs(10),
+            max_body_size: Size(10 << 20),
+            keepalive_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `admin:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Admin listener, `host:port` (loopback by default).
+    pub listen: String,
+    /// Bearer token for the protected admin endpoints.
+    pub token: Option<String>,
+    /// File holding the token (first line, surrounding whitespace trimmed).
+    pub token_file: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9180".into(),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+/// `access_log:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// Whether one JSON line per request is written.
+    pub enabled: bool,
+    /// `stdout`, `stderr` or a file path.
+    pub path: String,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "stdout".into(),
+        }
+    }
+}
+
+/// `upstreams.<name>:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `host:port` of each server; names are resolved at load.
+    pub servers: Vec<String>,
+    /// Active HTTP health check; absent means every server counts as healthy.
+    pub health_check: Option<RawHealthCheck>,
+    /// Deadline for establishing a TCP connection to a server.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deadline for each read from a server (also applied to writes).
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// How long an idle pooled connection to a server is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Upstream-wide concurrency cap.
+    pub limits: RawUpstreamLimits,
+    /// Circuit breaker.
+    pub breaker: Option<RawBreaker>,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            health_check: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            limits: RawUpstreamLimits::default(),
+            breaker: None,
+        }
+    }
+}
+
+/// `upstreams.<name>.health_check:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path requested with `GET`; a 2xx answer means healthy.
+    pub path: String,
+    /// Time between two checks of one server.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Deadline of one check.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RawHealthCheck {
+    fn default() -> Self {
+        Self {
+            path: "/".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `upstreams.<name>.limits:`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpstreamLimits {
+    /// Requests in flight to this upstream at most.
+    pub max_inflight: Option<u32>,
+}
+
+/// `upstreams.<name>.breaker:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Failures in a row that open the breaker.
+    pub consecutive_failures: u32,
+    /// How long the breaker stays open before a trial request.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            open_for: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `cache:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCache {
+    /// Memory bound of the whole cache (headers + bodies + overhead).
+    pub max_size: Size,
+    /// Responses bigger than this stream through uncached.
+    pub max_object_size: Size,
+    /// Peers allowed to send `PURGE` on the main listener (CIDRs or addresses).
+    pub purge_allow: Vec<String>,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            max_size: Size(256 << 20),
+            max_object_size: Size(8 << 20),
+            purge_allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
+        }
+    }
+}
+
+/// `routes[i]:`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name; it is the metrics label and the log field.
+    pub name: String,
+    /// What requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    /// Name of an entry of `upstreams`.
+    pub upstream: String,
+    /// Client addresses allowed to use the route (CIDRs or addresses); absent = everyone.
+    pub allow_from: Option<Vec<String>>,
+    /// Caching rule; absent = the route does not cache.
+    pub cache: Option<RawRouteCache>,
+    /// Concurrency, queue and rate limits.
+    pub limits: RawRouteLimits,
+}
+
+/// `routes[i].match:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMatch {
+    /// Whole-segment path prefix, starting with `/`.
+    pub path_prefix: String,
+    /// Allowed methods; absent = all.
+    pub methods: Option<Vec<String>>,
+    /// Request host without port: `api.example.com` or `*.example.com`.
+    pub host: Option<String>,
+}
+
+impl Default for RawMatch {
+    fn default() -> Self {
+        Self {
+            path_prefix: "/".into(),
+            methods: None,
+            host: None,
+        }
+    }
+}
+
+/// `routes[i].cache:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// Whether responses of this route are stored.
+    pub enabled: bool,
+    /// Freshness lifetime where RFC 9111 allows a heuristic one.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+    /// Default `stale-while-revalidate` window.
+    #[serde(with = "humantime_serde")]
+    pub stale_while_revalidate: Option<Duration>,
+    /// Default `stale-if-error` window.
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Option<Duration>,
+}
+
+impl Default for RawRouteCache {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            default_ttl: None,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+        }
+    }
+}
+
+/// `routes[i].limits:`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRouteLimits {
+    /// Requests of this route in flight to the upstream at most.
+    pub max_inflight: Option<u32>,
+    /// Where requests wait when `max_inflight` is reached.
+    pub queue: Option<RawQueue>,
+    /// Request rate limit.
+    pub rate: Option<RawRate>,
+}
+
+/// `routes[i].limits.queue:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawQueue {
+    /// Waiting requests at most.
+    pub max_len: u32,
+    /// Longest wait for a slot (route and upstream together).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        Self {
+            max_len: 100,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `routes[i].limits.rate:`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRate {
+    /// Sustained rate per client address, `N/s`, `N/m` or `N/h`.
+    pub per_client: Option<RateSpec>,
+    /// Requests allowed in a burst above the sustained rate.
+    pub burst: Option<u32>,
+}
+
+/// A byte size written `64KiB`, `256MiB`, `1GB` or as a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "SizeRepr", into = "String")]
+pub struct Size(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeRepr> for Size {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Self, Self::Error> {
+        match r {
+            SizeRepr::Bytes(n) => Ok(Size(n)),
+            SizeRepr::Text(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Size(b.as_u64()))
+                .map_err(|_| format!("invalid size {s:?}: expected e.g. 64KiB, 256MiB, 1GiB or bytes")),
+        }
+    }
+}
+
+impl From<Size> for String {
+    fn from(s: Size) -> String {
+        bytesize::ByteSize(s.0).display().iec().to_string()
+    }
+}
+
+impl Size {
+    /// The size in bytes.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+/// A rate written `100/s`, `6000/m` or `10/h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RateSpec {
+    /// Requests per `per`.
+    pub count: u32,
+    /// The window the count applies to.
+    pub per: Duration,
+}
+
+impl FromStr for RateSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid rate {s:?}: expected N/s, N/m or N/h, e.g. 100/s");
+        let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("invalid rate {s:?}: the count must be > 0"));
+        }
+        Ok(Self { count, per })
+    }
+}
+
+impl TryFrom<String> for RateSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<RateSpec> for String {
+    fn from(r: RateSpec) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for RateSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            60 => "m",
+            3600 => "h",
+            _ => "s",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_spec_parses_units_and_rejects_junk() {
+        assert_eq!(
+            "100/s".parse::<RateSpec>().unwrap(),
+            RateSpec { count: 100, per: Duration::from_secs(1) }
+        );
+        assert_eq!("6000/m".parse::<RateSpec>().unwrap().per, Duration::from_secs(60));
+        assert_eq!("10/h".parse::<RateSpec>().unwrap().to_string(), "10/h");
+        for bad in ["", "100", "100/d", "x/s", "0/s", "-1/s"] {
+            assert!(bad.parse::<RateSpec>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_binary_and_decimal_units() {
+        let p = |s: &str| Size::try_from(SizeRepr::Text(s.into()));
+        assert_eq!(p("64KiB").unwrap(), Size(65536));
+        assert_eq!(p("256MiB").unwrap(), Size(256 << 20));
+        assert_eq!(p("1 KB").unwrap(), Size(1000));
+        assert_eq!(Size::try_from(SizeRepr::Bytes(7)).unwrap(), Size(7));
+        assert!(p("10 zb").unwrap_err().contains("invalid size"));
+    }
+}

@@ -1,0 +1,2 @@
+//! The performance gateway: a Pingora-based front proxy.
+pub mod config;
