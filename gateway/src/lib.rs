@@ -1,2 +1,24 @@
-//! The performance gateway: a Pingora-based front proxy.
+//! The performance gateway: a Pingora-based caching, load-shedding front proxy.
+//!
+//! Layout (one module per concern):
+//! - [`config`]: the YAML contract, parsed and validated into an immutable [`config::Config`].
+//! - [`routes`]: the route table (first match wins).
+//! - [`upstream`]: server pools and peer selection.
+//! - [`state`]: the atomically swappable snapshot shared by every service.
+//! - [`proxy`]: the `ProxyHttp` implementation, one file per Pingora phase.
+//! - [`admin`]: the admin listener (`/health`, `/ready`, `/metrics`).
+//! - [`error`]: the gateway's own error answers (JSON with a request id).
+//! - [`metrics`]: Prometheus metrics in the default registry.
+//! - [`server`]: wiring of the Pingora server from a config, and process start.
+
+pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod request_id;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod upstream;

@@ -1,0 +1,135 @@
+//! The admin listener (loopback by default): health, readiness and metrics.
+//!
+//! | endpoint | access |
+//! |---|---|
+//! | `GET /health` | open: the process is alive |
+//! | `GET /ready` | open: 200 while serving, 503 once draining; never depends on upstreams |
+//! | `GET /metrics` | open: Prometheus text format |
+//!
+//! Token-protected endpoints (`/stats`, `/cache/*`, `/upstreams`, `/config`, ...)
+//! answer with `Authorization: Bearer <token>` checked by [`authorize`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{header, Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::error::json_error;
+use crate::metrics;
+use crate::request_id;
+use crate::state::Shared;
+
+/// The admin application.
+pub struct AdminApp {
+    shared: Arc<Shared>,
+}
+
+impl AdminApp {
+    /// An admin app over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let id = request_id::from_client(req.headers.get_all(request_id::HEADER).iter())
+            .unwrap_or_else(request_id::generate);
+        let id = id.to_str().unwrap_or("-").to_owned();
+        let get = req.method == Method::GET || req.method == Method::HEAD;
+        let resp = match req.uri.path() {
+            "/health" if get => json(StatusCode::OK, r#"{"status":"ok"}"#),
+            "/ready" if get => {
+                if self.shared.is_draining() {
+                    json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+                } else {
+                    json(StatusCode::OK, r#"{"status":"ready"}"#)
+                }
+            }
+            "/metrics" if get => Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                .body(metrics::render()),
+            "/health" | "/ready" | "/metrics" => Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .header(header::ALLOW, "GET, HEAD")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(json_error("method not allowed", &id).to_vec()),
+            _ => Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(json_error("no such admin endpoint", &id).to_vec()),
+        };
+        let mut resp = resp.unwrap_or_else(|_| {
+            let mut r = Response::new(json_error("internal error", &id).to_vec());
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        });
+        let len = resp.body().len();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_LENGTH, len.into());
+        h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+        if let Ok(v) = http::HeaderValue::from_str(&id) {
+            h.insert(request_id::HEADER, v);
+        }
+        if session.req_header().method == Method::HEAD {
+            resp.body_mut().clear();
+        }
+        resp
+    }
+}
+
+fn json(status: StatusCode, body: &'static str) -> http::Result<Response<Vec<u8>>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.as_bytes().to_vec())
+}
+
+/// Why a token-protected request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// No token is configured: 403 saying how to set one.
+    NoTokenConfigured,
+    /// Missing or wrong bearer token: 401 with `WWW-Authenticate: Bearer`.
+    BadToken,
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+pub fn authorize(configured: Option<&str>, authorization: Option<&[u8]>) -> Result<(), Denied> {
+    let Some(expected) = configured else {
+        return Err(Denied::NoTokenConfigured);
+    };
+    let given = authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given, expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Denied::BadToken)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length leaks, content does not.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_token_is_checked() {
+        let t = Some("0123456789abcdef");
+        assert_eq!(authorize(t, Some(b"Bearer 0123456789abcdef")), Ok(()));
+        assert_eq!(authorize(t, Some(b"Bearer 0123456789abcdeX")), Err(Denied::BadToken));
+        assert_eq!(authorize(t, Some(b"0123456789abcdef")), Err(Denied::BadToken));
+        assert_eq!(authorize(t, None), Err(Denied::BadToken));
+        assert_eq!(authorize(None, Some(b"Bearer x")), Err(Denied::NoTokenConfigured));
+    }
+}

@@ -1,0 +1,158 @@
+//! Errors the gateway answers itself, and their one JSON shape.
+//!
+//! Every response the gateway makes (no route, upstream down, timeouts, later
+//! limits) is `{"error": "...", "request_id": "..."}` with a specific status.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorSource, ErrorType};
+
+/// A response the gateway makes instead of the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// No route matches the request.
+    #[error("no route for this request")]
+    NoRoute,
+    /// The path has dot or empty segments.
+    #[error("non-canonical request path (dot or empty segments)")]
+    BadPath,
+    /// The request could not be read or is malformed.
+    #[error("bad request")]
+    BadRequest,
+    /// No server of the upstream could be selected.
+    #[error("no upstream server available")]
+    NoServer,
+    /// Connecting to or talking to the upstream failed.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream sent something that is not valid HTTP.
+    #[error("invalid response from upstream")]
+    BadUpstreamResponse,
+    /// The upstream did not accept the connection in time.
+    #[error("upstream connect timed out")]
+    ConnectTimeout,
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// A bug or an unexpected state in the gateway.
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// The HTTP status this error is answered with.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::NoRoute => 404,
+            Self::BadPath | Self::BadRequest => 400,
+            Self::NoServer | Self::UpstreamUnavailable | Self::BadUpstreamResponse => 502,
+            Self::ConnectTimeout | Self::UpstreamTimeout => 504,
+            Self::Internal => 500,
+        }
+    }
+
+    /// A short machine-friendly name for logs and metrics.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::BadPath => "bad_path",
+            Self::BadRequest => "bad_request",
+            Self::NoServer => "no_server",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::BadUpstreamResponse => "bad_upstream_response",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Maps a Pingora error to what the client is told; `None` when the client is gone.
+    pub fn from_pingora(e: &Error) -> Option<Self> {
+        use ErrorType::*;
+        if let Custom(NO_SERVER) = e.etype() {
+            return Some(Self::NoServer);
+        }
+        Some(match (e.esource(), e.etype()) {
+            (_, HTTPStatus(400)) => Self::BadRequest,
+            (_, HTTPStatus(_)) => Self::Internal,
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
+            (ErrorSource::Downstream, _) => Self::BadRequest,
+            (ErrorSource::Upstream, ConnectTimedout) => Self::ConnectTimeout,
+            (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => Self::UpstreamTimeout,
+            (ErrorSource::Upstream, InvalidHTTPHeader | H1Error | H2Error | InvalidH2) => {
+                Self::BadUpstreamResponse
+            }
+            (ErrorSource::Upstream, _) => Self::UpstreamUnavailable,
+            (ErrorSource::Internal | ErrorSource::Unset, _) => Self::Internal,
+        })
+    }
+
+    /// The JSON body, with the request id escaped.
+    pub fn body(self, request_id: &str) -> Bytes {
+        json_error(&self.to_string(), request_id)
+    }
+
+    /// Status line and headers of the error response.
+    pub fn header(self, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
+        json_header(self.status(), request_id, body_len)
+    }
+}
+
+/// `Custom` error type used when a balancer has no server to offer.
+pub const NO_SERVER: &str = "no upstream server available";
+
+/// `{"error": message, "request_id": id}`.
+pub fn json_error(message: &str, request_id: &str) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: &'a str,
+        request_id: &'a str,
+    }
+    let body = Body {
+        error: message,
+        request_id,
+    };
+    let mut v = serde_json::to_vec(&body).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// Headers of a JSON response the gateway makes: never cached, always with the request id.
+pub fn json_header(status: u16, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    h.insert_header(crate::request_id::HEADER, request_id)?;
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_escapes_the_request_id() {
+        let b = GatewayError::NoRoute.body(r#"a"b\c"#);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"], "no route for this request");
+        assert_eq!(v["request_id"], r#"a"b\c"#);
+    }
+
+    #[test]
+    fn pingora_errors_map_to_specific_statuses() {
+        let up = |t| {
+            let mut e = Error::new(t);
+            e.set_esource(ErrorSource::Upstream);
+            GatewayError::from_pingora(&e)
+        };
+        assert_eq!(up(ErrorType::ConnectRefused), Some(GatewayError::UpstreamUnavailable));
+        assert_eq!(up(ErrorType::ConnectTimedout).unwrap().status(), 504);
+        assert_eq!(up(ErrorType::ReadTimedout).unwrap().status(), 504);
+        let mut gone = Error::new(ErrorType::ConnectionClosed);
+        gone.set_esource(ErrorSource::Downstream);
+        assert_eq!(GatewayError::from_pingora(&gone), None);
+        let none = Error::new(ErrorType::Custom(NO_SERVER));
+        assert_eq!(GatewayError::from_pingora(&none), Some(GatewayError::NoServer));
+    }
+}

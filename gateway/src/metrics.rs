@@ -1,0 +1,102 @@
+//! Prometheus metrics of the gateway, registered once in the default registry.
+//!
+//! Labels are bounded: `route` is a configured route name (or `none`), `status`
+//! a class (`1xx`..`5xx`), `kind` a [`crate::error::GatewayError::kind`]. Hot-path
+//! recording goes through handles resolved when a config snapshot is built.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_int_counter_vec, register_int_gauge_vec, Encoder, IntCounter, IntCounterVec,
+    IntGaugeVec, TextEncoder,
+};
+
+/// The `route` label of requests that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_requests_total",
+        "Requests answered, by route and status class.",
+        &["route", "status"]
+    )
+    .expect("metric registers once")
+});
+
+static ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_errors_total",
+        "Responses the gateway made itself instead of the upstream's, by kind.",
+        &["route", "kind"]
+    )
+    .expect("metric registers once")
+});
+
+static CONFIG_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_config_errors_total",
+        "Configurations refused, by phase (startup, reload).",
+        &["phase"]
+    )
+    .expect("metric registers once")
+});
+
+static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = register_int_gauge_vec!("gateway_build_info", "Build information.", &["version"])
+        .expect("metric registers once");
+    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    g
+});
+
+/// Metric handles of one route, resolved once per snapshot.
+pub struct RouteMetrics {
+    name: String,
+    by_class: [IntCounter; 5],
+}
+
+impl RouteMetrics {
+    /// Resolves the handles for route `name`.
+    pub fn new(name: &str) -> Self {
+        let c = |class| REQUESTS.with_label_values(&[name, class]);
+        Self {
+            name: name.to_owned(),
+            by_class: [c("1xx"), c("2xx"), c("3xx"), c("4xx"), c("5xx")],
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, status: u16) {
+        let i = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[i].inc();
+    }
+
+    /// Counts one response the gateway made itself.
+    pub fn error(&self, kind: &str) {
+        ERRORS.with_label_values(&[&self.name, kind]).inc();
+    }
+}
+
+/// Handles for requests that matched no route.
+pub static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(NO_ROUTE));
+
+/// Counts a refused configuration (`startup` or `reload`).
+pub fn config_error(phase: &str) {
+    CONFIG_ERRORS.with_label_values(&[phase]).inc();
+}
+
+/// Registers everything so that the first scrape already lists every family.
+pub fn init() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&ERRORS);
+    LazyLock::force(&CONFIG_ERRORS);
+    LazyLock::force(&BUILD_INFO);
+    LazyLock::force(&UNROUTED);
+}
+
+/// The default registry in Prometheus text format.
+pub fn render() -> Vec<u8> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    // Encoding into a Vec cannot fail on I/O; a metric family error would be a bug.
+    let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);
+    buf
+}

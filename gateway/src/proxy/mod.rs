@@ -1,0 +1,125 @@
+//! The Pingora proxy: [`Gateway`] implements `ProxyHttp`, one method per phase.
+//!
+//! Phase logic lives in the files of this module, named after Pingora's phases:
+//! [`request`] (request id, routing), [`upstream`] (peer selection, connect
+//! retries), [`response`] (headers to the client, error responses) and
+//! [`logging`] (metrics at the end of each request).
+
+mod logging;
+mod request;
+mod response;
+mod upstream;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::error::GatewayError;
+use crate::state::{Shared, Snapshot};
+
+/// The proxy service's logic, shared by every connection.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// A proxy that reads its configuration from `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// Per-request state, from the first hook to logging.
+pub struct Ctx {
+    /// `X-Request-Id` of this request (the client's when sane, else generated).
+    request_id: HeaderValue,
+    /// The configuration snapshot pinned when the request was routed.
+    snapshot: Option<Arc<Snapshot>>,
+    /// Index of the matched route in `snapshot.config.routes`.
+    route: Option<usize>,
+    /// Failed connection attempts so far (each is retried on the next server).
+    connect_failures: usize,
+    /// Set when the gateway answered with its own error.
+    error: Option<GatewayError>,
+}
+
+impl Ctx {
+    /// The request id as text (always visible ASCII).
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// Snapshot and route index, once routed.
+    fn routed(&self) -> Option<(&Snapshot, usize)> {
+        Some((self.snapshot.as_deref()?, self.route?))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: HeaderValue::from_static(""),
+            snapshot: None,
+            route: None,
+            connect_failures: 0,
+            error: None,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        request::assign_request_id(session, ctx);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        request::route(&self.shared, session, ctx).await
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        upstream::select_peer(ctx)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        upstream::on_connect_failure(ctx, e)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream::prepare_request(upstream_request, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        response::prepare_response(upstream_response, ctx)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        response::fail_to_proxy(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        logging::log_request(session, e, ctx);
+    }
+}

@@ -1,0 +1,53 @@
+//! Response phase: headers every client sees and the gateway's own error answers.
+
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+
+use super::Ctx;
+use crate::error::GatewayError;
+use crate::request_id;
+
+/// Headers added to every proxied (or cached) response.
+pub(super) fn prepare_response(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    Ok(())
+}
+
+/// Writes the JSON error answer and remembers it for logging.
+pub(super) async fn respond_error(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<()> {
+    ctx.error = Some(err);
+    let body = err.body(ctx.request_id());
+    let header = err.header(ctx.request_id(), body.len())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(header), head_only).await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Answers a failed proxy attempt with the specific status and JSON body, unless
+/// the client is gone or a response is already under way (then the connection closes).
+pub(super) async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    let code = match GatewayError::from_pingora(e) {
+        None => 0,
+        Some(err) => match session.response_written() {
+            Some(written) => {
+                ctx.error = Some(err);
+                written.status.as_u16()
+            }
+            None => match respond_error(session, ctx, err).await {
+                Ok(()) => err.status(),
+                Err(write_err) => {
+                    tracing::debug!(error = %write_err, "could not write the error response");
+                    0
+                }
+            },
+        },
+    };
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}

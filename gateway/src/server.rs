@@ -1,0 +1,129 @@
+//! Builds the Pingora server from a validated config and runs it.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::cli::Cli;
+use crate::config::{self, Config};
+use crate::metrics;
+use crate::proxy::Gateway;
+use crate::state::Shared;
+
+/// Exit code of a refused configuration (and of a listener that cannot bind).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Entry point of the binary: check, then serve until a stop signal.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing();
+    let config = match config::load(&cli.conf) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.test {
+        println!("configuration {} is valid", cli.conf.display());
+        return ExitCode::SUCCESS;
+    }
+    // A new binary taking over (-u) receives bound sockets from the old one.
+    if !cli.upgrade {
+        for (key, addr) in [("listen", config.listen), ("admin.listen", config.admin.listen)] {
+            if let Err(e) = TcpListener::bind(addr) {
+                eprintln!("cannot listen on {addr} ({key} in {}): {e}", cli.conf.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    exit_on_listener_panic();
+    metrics::init();
+    let shared = Shared::new(config);
+    let server = build(&shared, &cli);
+    tracing::info!(conf = %cli.conf.display(), "gateway starting");
+    server.run(RunArgs::default());
+    ExitCode::SUCCESS
+}
+
+/// The Pingora server with the proxy and admin services of `shared`'s snapshot.
+pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
+    let snap = shared.snapshot();
+    let config = &snap.config;
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "gateway",
+    );
+    proxy.add_tcp(&config.listen.to_string());
+
+    let mut admin = Service::new("admin".to_string(), AdminApp::new(shared.clone()));
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server
+}
+
+/// Pingora's process settings from ours.
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.threads,
+        pid_file: config.pid_file.display().to_string(),
+        upgrade_sock: config.upgrade_sock.display().to_string(),
+        // Listeners keep accepting while draining; then in-flight requests get the rest.
+        grace_period_seconds: Some(config.shutdown.drain_delay.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(
+            config
+                .shutdown
+                .grace_period
+                .saturating_sub(config.shutdown.drain_delay)
+                .as_secs()
+                .max(1),
+        ),
+        ..ServerConf::default()
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Pingora panics in a service thread when a listener cannot be built, which
+/// would leave a process without its listener: make that a clean exit instead.
+fn exit_on_listener_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("Failed to build listeners") {
+            eprintln!("cannot listen: {msg}");
+            std::process::exit(i32::from(EXIT_CONFIG));
+        }
+    }));
+}
+
