@@ -52,7 +52,10 @@ impl ServeHttp for AdminApp {
             }
             "/metrics" if get => Response::builder()
                 .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                .header(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
                 .body(metrics::render()),
             "/health" | "/ready" | "/metrics" => Response::builder()
                 .status(StatusCode::METHOD_NOT_ALLOWED)
@@ -72,7 +75,10 @@ impl ServeHttp for AdminApp {
         let len = resp.body().len();
         let h = resp.headers_mut();
         h.insert(header::CONTENT_LENGTH, len.into());
-        h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+        h.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
         if let Ok(v) = http::HeaderValue::from_str(&id) {
             h.insert(request_id::HEADER, v);
         }
@@ -127,9 +133,18 @@ mod tests {
     fn bearer_token_is_checked() {
         let t = Some("0123456789abcdef");
         assert_eq!(authorize(t, Some(b"Bearer 0123456789abcdef")), Ok(()));
-        assert_eq!(authorize(t, Some(b"Bearer 0123456789abcdeX")), Err(Denied::BadToken));
-        assert_eq!(authorize(t, Some(b"0123456789abcdef")), Err(Denied::BadToken));
+        assert_eq!(
+            authorize(t, Some(b"Bearer 0123456789abcdeX")),
+            Err(Denied::BadToken)
+        );
+        assert_eq!(
+            authorize(t, Some(b"0123456789abcdef")),
+            Err(Denied::BadToken)
+        );
         assert_eq!(authorize(t, None), Err(Denied::BadToken));
-        assert_eq!(authorize(None, Some(b"Bearer x")), Err(Denied::NoTokenConfigured));
+        assert_eq!(
+            authorize(None, Some(b"Bearer x")),
+            Err(Denied::NoTokenConfigured)
+        );
     }
 }

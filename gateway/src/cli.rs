@@ -7,10 +7,19 @@ use clap::Parser;
 
 /// Command-line flags (the same letters as Pingora's own).
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about = "Caching, load-shedding front proxy on Pingora")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Caching, load-shedding front proxy on Pingora"
+)]
 pub struct Cli {
     /// Configuration file.
-    #[arg(short = 'c', long = "conf", alias = "config", default_value = "conf/gateway.yaml")]
+    #[arg(
+        short = 'c',
+        long = "conf",
+        alias = "config",
+        default_value = "conf/gateway.yaml"
+    )]
     pub conf: PathBuf,
     /// Check the configuration and exit (0 when valid).
     #[arg(short = 't', long = "test")]

@@ -118,7 +118,11 @@ pub fn json_error(message: &str, request_id: &str) -> Bytes {
 }
 
 /// Headers of a JSON response the gateway makes: never cached, always with the request id.
-pub fn json_header(status: u16, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
+pub fn json_header(
+    status: u16,
+    request_id: &str,
+    body_len: usize,
+) -> pingora::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(4))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, body_len)?;
@@ -146,13 +150,19 @@ mod tests {
             e.set_esource(ErrorSource::Upstream);
             GatewayError::from_pingora(&e)
         };
-        assert_eq!(up(ErrorType::ConnectRefused), Some(GatewayError::UpstreamUnavailable));
+        assert_eq!(
+            up(ErrorType::ConnectRefused),
+            Some(GatewayError::UpstreamUnavailable)
+        );
         assert_eq!(up(ErrorType::ConnectTimedout).unwrap().status(), 504);
         assert_eq!(up(ErrorType::ReadTimedout).unwrap().status(), 504);
         let mut gone = Error::new(ErrorType::ConnectionClosed);
         gone.set_esource(ErrorSource::Downstream);
         assert_eq!(GatewayError::from_pingora(&gone), None);
         let none = Error::new(ErrorType::Custom(NO_SERVER));
-        assert_eq!(GatewayError::from_pingora(&none), Some(GatewayError::NoServer));
+        assert_eq!(
+            GatewayError::from_pingora(&none),
+            Some(GatewayError::NoServer)
+        );
     }
 }

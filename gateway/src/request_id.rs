@@ -38,7 +38,10 @@ mod tests {
         assert_eq!(from_client([v("has space")].iter()), None);
         assert_eq!(from_client([v(&"x".repeat(129))].iter()), None);
         assert_eq!(from_client([v("a"), v("b")].iter()), None);
-        assert_eq!(from_client(HeaderValue::from_bytes(b"caf\xc3\xa9").iter()), None);
+        assert_eq!(
+            from_client(HeaderValue::from_bytes(b"caf\xc3\xa9").iter()),
+            None
+        );
         let g = generate();
         assert_eq!(g.len(), 32);
         assert_ne!(g, generate());

@@ -13,10 +13,10 @@ impl RouteMatch {
     pub fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
         path_matches(&self.path_prefix, path)
             && self.methods.as_ref().is_none_or(|ms| ms.contains(method))
-            && self
-                .host
-                .as_ref()
-                .is_none_or(|h| host.map(strip_port).is_some_and(|host| host_matches(h, host)))
+            && self.host.as_ref().is_none_or(|h| {
+                host.map(strip_port)
+                    .is_some_and(|host| host_matches(h, host))
+            })
     }
 }
 
@@ -89,7 +89,11 @@ fn is_dot_segment(seg: &str) -> bool {
     while !rest.is_empty() {
         if rest[0] == b'.' {
             rest = &rest[1..];
-        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2].eq_ignore_ascii_case(&b'e') {
+        } else if rest.len() >= 3
+            && rest[0] == b'%'
+            && rest[1] == b'2'
+            && rest[2].eq_ignore_ascii_case(&b'e')
+        {
             rest = &rest[3..];
         } else {
             return false;
@@ -127,11 +131,26 @@ routes:
     fn first_match_wins_on_segments_methods_and_host() {
         let t = table();
         let n = |m, h, p| name(&t, m, h, p);
-        assert_eq!(n(Method::GET, Some("api.example.com"), "/items").as_deref(), Some("api"));
-        assert_eq!(n(Method::GET, Some("API.Example.COM:8080"), "/items/4").as_deref(), Some("api"));
-        assert_eq!(n(Method::POST, Some("api.example.com"), "/items").as_deref(), Some("wild"));
-        assert_eq!(n(Method::GET, Some("x.example.com"), "/items").as_deref(), Some("wild"));
-        assert_eq!(n(Method::GET, Some("example.com"), "/items").as_deref(), Some("items"));
+        assert_eq!(
+            n(Method::GET, Some("api.example.com"), "/items").as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            n(Method::GET, Some("API.Example.COM:8080"), "/items/4").as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            n(Method::POST, Some("api.example.com"), "/items").as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            n(Method::GET, Some("x.example.com"), "/items").as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            n(Method::GET, Some("example.com"), "/items").as_deref(),
+            Some("items")
+        );
         assert_eq!(n(Method::GET, None, "/items/").as_deref(), Some("items"));
         assert_eq!(n(Method::GET, None, "/itemsX").as_deref(), Some("default"));
         assert_eq!(n(Method::GET, None, "/").as_deref(), Some("default"));
@@ -150,7 +169,17 @@ routes:
         for ok in ["/", "/a", "/a/b/", "/a/.well-known", "/a/..b", "/%2e%2ex"] {
             assert!(path_is_canonical(ok), "{ok}");
         }
-        for bad in ["", "a", "//a", "/a//b", "/a/../b", "/a/./b", "/a/..", "/%2e%2E/x", "/a/.%2e"] {
+        for bad in [
+            "",
+            "a",
+            "//a",
+            "/a//b",
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/%2e%2E/x",
+            "/a/.%2e",
+        ] {
             assert!(!path_is_canonical(bad), "{bad}");
         }
     }

@@ -34,9 +34,15 @@ pub fn main(cli: Cli) -> ExitCode {
     }
     // A new binary taking over (-u) receives bound sockets from the old one.
     if !cli.upgrade {
-        for (key, addr) in [("listen", config.listen), ("admin.listen", config.admin.listen)] {
+        for (key, addr) in [
+            ("listen", config.listen),
+            ("admin.listen", config.admin.listen),
+        ] {
             if let Err(e) = TcpListener::bind(addr) {
-                eprintln!("cannot listen on {addr} ({key} in {}): {e}", cli.conf.display());
+                eprintln!(
+                    "cannot listen on {addr} ({key} in {}): {e}",
+                    cli.conf.display()
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
@@ -126,4 +132,3 @@ fn exit_on_listener_panic() {
         }
     }));
 }
-

@@ -38,10 +38,9 @@ impl UpstreamPool {
 
     /// Next server in round-robin order, as a peer with this upstream's timeouts.
     pub fn select(&self) -> pingora::Result<Box<HttpPeer>> {
-        let backend = self
-            .balancer
-            .select(b"", 256)
-            .ok_or_else(|| Error::explain(ErrorType::Custom(NO_SERVER), self.config.name.clone()))?;
+        let backend = self.balancer.select(b"", 256).ok_or_else(|| {
+            Error::explain(ErrorType::Custom(NO_SERVER), self.config.name.clone())
+        })?;
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
         let o = &mut peer.options;
         o.connection_timeout = Some(self.config.connect_timeout);

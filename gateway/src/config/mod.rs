@@ -148,7 +148,10 @@ routes:
     #[test]
     fn parse_errors_name_the_key_path() {
         let cases = [
-            (format!("{BASE}\nthreads: x"), "<yaml>: threads: invalid type"),
+            (
+                format!("{BASE}\nthreads: x"),
+                "<yaml>: threads: invalid type",
+            ),
             (
                 BASE.replace("path_prefix: /a", "path_prefix: /a, bogus: 1"),
                 "<yaml>: routes[0].match.bogus: unknown field",
@@ -161,7 +164,10 @@ routes:
                 format!("{BASE}\nclient: {{ max_body_size: 10 zb }}"),
                 "<yaml>: client.max_body_size: invalid size \"10 zb\"",
             ),
-            ("routes: [".to_string(), "<yaml>: did not find expected node content"),
+            (
+                "routes: [".to_string(),
+                "<yaml>: did not find expected node content",
+            ),
         ];
         for (yaml, want) in cases {
             let got = err(&yaml);
@@ -172,9 +178,14 @@ routes:
     #[test]
     fn validation_lists_every_problem_with_its_key() {
         let yaml = BASE
-            .replace("upstream: app }\n  - { name: b", "upstream: nope }\n  - { name: a")
+            .replace(
+                "upstream: app }\n  - { name: b",
+                "upstream: nope }\n  - { name: a",
+            )
             .replace("path_prefix: /a", "path_prefix: a, methods: [GETT]");
-        let got = err(&format!("{yaml}\nlisten: nowhere\nshutdown: {{ grace_period: 1500ms }}"));
+        let got = err(&format!(
+            "{yaml}\nlisten: nowhere\nshutdown: {{ grace_period: 1500ms }}"
+        ));
         for want in [
             "<yaml>: listen: \"nowhere\" is not an IP:port address",
             "<yaml>: shutdown.grace_period: must be a whole number of seconds",
@@ -201,9 +212,8 @@ routes:
     fn admin_off_loopback_needs_a_token() {
         let open = format!("{BASE}\nadmin: {{ listen: \"0.0.0.0:9180\" }}");
         assert!(err(&open).contains("admin.listen: 0.0.0.0:9180 is not a loopback address"));
-        let with_token = format!(
-            "{BASE}\nadmin: {{ listen: \"0.0.0.0:9180\", token: 0123456789abcdef0123 }}"
-        );
+        let with_token =
+            format!("{BASE}\nadmin: {{ listen: \"0.0.0.0:9180\", token: 0123456789abcdef0123 }}");
         assert!(from_yaml_str(&with_token).is_ok());
     }
 }

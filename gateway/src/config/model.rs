@@ -269,7 +269,10 @@ impl Checker {
         match value.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.fail(key, format!("{value:?} is not an IP:port address (e.g. 0.0.0.0:8080)"));
+                self.fail(
+                    key,
+                    format!("{value:?} is not an IP:port address (e.g. 0.0.0.0:8080)"),
+                );
                 None
             }
         }
@@ -334,7 +337,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
         );
     }
     if shutdown.drain_delay >= shutdown.grace_period {
-        c.fail("shutdown.drain_delay", "must be shorter than shutdown.grace_period");
+        c.fail(
+            "shutdown.drain_delay",
+            "must be shorter than shutdown.grace_period",
+        );
     }
 
     let trusted_proxies = c.nets("trusted_proxies", &raw.trusted_proxies);
@@ -343,7 +349,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
     if rc.max_connections == 0 {
         c.fail("client.max_connections", "must be > 0");
     }
-    if rc.max_header_bytes.as_u64() == 0 || rc.max_header_bytes.as_u64() > PINGORA_MAX_HEADER_BYTES {
+    if rc.max_header_bytes.as_u64() == 0 || rc.max_header_bytes.as_u64() > PINGORA_MAX_HEADER_BYTES
+    {
         c.fail(
             "client.max_header_bytes",
             "must be between 1 byte and 1MiB (Pingora's own hard cap)",
@@ -403,7 +410,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
         c.fail("cache.max_size", "must be > 0");
     }
     if rcache.max_object_size.as_u64() == 0 || rcache.max_object_size.0 > rcache.max_size.0 {
-        c.fail("cache.max_object_size", "must be > 0 and at most cache.max_size");
+        c.fail(
+            "cache.max_object_size",
+            "must be > 0 and at most cache.max_size",
+        );
     }
     let cache = Cache {
         max_size: rcache.max_size.as_u64(),
@@ -457,7 +467,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
 fn admin_token(c: &mut Checker, a: &raw::RawAdmin) -> Option<String> {
     match (&a.token, &a.token_file) {
         (Some(_), Some(_)) => {
-            c.fail("admin.token", "set admin.token or admin.token_file, not both");
+            c.fail(
+                "admin.token",
+                "set admin.token or admin.token_file, not both",
+            );
             None
         }
         (Some(t), None) => {
@@ -490,7 +503,10 @@ fn admin_token(c: &mut Checker, a: &raw::RawAdmin) -> Option<String> {
 fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
     let key = format!("upstreams.{name}");
     if !valid_name(name) {
-        c.fail(&key, "upstream names use letters, digits, '-', '_' and '.' only");
+        c.fail(
+            &key,
+            "upstream names use letters, digits, '-', '_' and '.' only",
+        );
     }
     if ru.servers.is_empty() {
         c.fail(format!("{key}.servers"), "needs at least one server");
@@ -501,7 +517,10 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
         match resolve(spec) {
             Ok(addrs) => {
                 for addr in addrs {
-                    let s = Server { spec: spec.clone(), addr };
+                    let s = Server {
+                        spec: spec.clone(),
+                        addr,
+                    };
                     if !servers.contains(&s) {
                         servers.push(s);
                     }
@@ -522,7 +541,10 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
     });
     let breaker = ru.breaker.as_ref().map(|b| Breaker {
         consecutive_failures: c
-            .nonzero(&format!("{key}.breaker.consecutive_failures"), Some(b.consecutive_failures))
+            .nonzero(
+                &format!("{key}.breaker.consecutive_failures"),
+                Some(b.consecutive_failures),
+            )
             .unwrap_or(NonZeroU32::MIN),
         open_for: c.positive(&format!("{key}.breaker.open_for"), b.open_for),
     });
@@ -533,7 +555,10 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
         connect_timeout: c.positive(&format!("{key}.connect_timeout"), ru.connect_timeout),
         read_timeout: c.positive(&format!("{key}.read_timeout"), ru.read_timeout),
         idle_timeout: ru.idle_timeout,
-        max_inflight: c.nonzero(&format!("{key}.limits.max_inflight"), ru.limits.max_inflight),
+        max_inflight: c.nonzero(
+            &format!("{key}.limits.max_inflight"),
+            ru.limits.max_inflight,
+        ),
         breaker,
     }
 }
@@ -585,9 +610,15 @@ fn route(
     if rr.name.is_empty() {
         c.fail(format!("{key}.name"), "is required");
     } else if !valid_name(&rr.name) {
-        c.fail(format!("{key}.name"), "route names use letters, digits, '-', '_' and '.' only");
+        c.fail(
+            format!("{key}.name"),
+            "route names use letters, digits, '-', '_' and '.' only",
+        );
     } else if !names.insert(rr.name.clone()) {
-        c.fail(format!("{key}.name"), format!("duplicate route name {:?}", rr.name));
+        c.fail(
+            format!("{key}.name"),
+            format!("duplicate route name {:?}", rr.name),
+        );
     }
 
     let upstream = if rr.upstream.is_empty() {
@@ -609,7 +640,10 @@ fn route(
         c.fail(format!("{key}.match.path_prefix"), "must start with '/'");
         "/".to_owned()
     } else if m.path_prefix.contains(['?', '#']) || m.path_prefix.contains("//") {
-        c.fail(format!("{key}.match.path_prefix"), "must be a plain path (no '?', '#' or '//')");
+        c.fail(
+            format!("{key}.match.path_prefix"),
+            "must be a plain path (no '?', '#' or '//')",
+        );
         "/".to_owned()
     } else if m.path_prefix.len() > 1 {
         m.path_prefix.trim_end_matches('/').to_owned()
@@ -618,7 +652,10 @@ fn route(
     };
     let methods = m.methods.as_ref().map(|ms| {
         if ms.is_empty() {
-            c.fail(format!("{key}.match.methods"), "must list at least one method, or be left out");
+            c.fail(
+                format!("{key}.match.methods"),
+                "must list at least one method, or be left out",
+            );
         }
         let mut out = Vec::with_capacity(ms.len());
         for (i, s) in ms.iter().enumerate() {
@@ -627,7 +664,10 @@ fn route(
             } else {
                 c.fail(
                     format!("{key}.match.methods[{i}]"),
-                    format!("unknown method {s:?} (expected one of {})", KNOWN_METHODS.join(", ")),
+                    format!(
+                        "unknown method {s:?} (expected one of {})",
+                        KNOWN_METHODS.join(", ")
+                    ),
                 );
             }
         }
@@ -662,11 +702,15 @@ fn route(
         .as_ref()
         .map(|v| c.nets(&format!("{key}.allow_from"), v));
 
-    let cache = rr.cache.as_ref().filter(|rc| rc.enabled).map(|rc| RouteCache {
-        default_ttl: rc.default_ttl,
-        stale_while_revalidate: rc.stale_while_revalidate,
-        stale_if_error: rc.stale_if_error,
-    });
+    let cache = rr
+        .cache
+        .as_ref()
+        .filter(|rc| rc.enabled)
+        .map(|rc| RouteCache {
+            default_ttl: rc.default_ttl,
+            stale_while_revalidate: rc.stale_while_revalidate,
+            stale_if_error: rc.stale_if_error,
+        });
 
     let rl = &rr.limits;
     let limits = RouteLimits {
@@ -681,7 +725,10 @@ fn route(
                 burst: r.burst.unwrap_or(per_client.count),
             }),
             None => {
-                c.fail(format!("{key}.limits.rate.per_client"), "is required in a rate block");
+                c.fail(
+                    format!("{key}.limits.rate.per_client"),
+                    "is required in a rate block",
+                );
                 None
             }
         }),

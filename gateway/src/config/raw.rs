@@ -399,7 +399,9 @@ impl TryFrom<SizeRepr> for Size {
                 .trim()
                 .parse::<bytesize::ByteSize>()
                 .map(|b| Size(b.as_u64()))
-                .map_err(|_| format!("invalid size {s:?}: expected e.g. 64KiB, 256MiB, 1GiB or bytes")),
+                .map_err(|_| {
+                    format!("invalid size {s:?}: expected e.g. 64KiB, 256MiB, 1GiB or bytes")
+                }),
         }
     }
 }
@@ -479,9 +481,15 @@ mod tests {
     fn rate_spec_parses_units_and_rejects_junk() {
         assert_eq!(
             "100/s".parse::<RateSpec>().unwrap(),
-            RateSpec { count: 100, per: Duration::from_secs(1) }
+            RateSpec {
+                count: 100,
+                per: Duration::from_secs(1)
+            }
         );
-        assert_eq!("6000/m".parse::<RateSpec>().unwrap().per, Duration::from_secs(60));
+        assert_eq!(
+            "6000/m".parse::<RateSpec>().unwrap().per,
+            Duration::from_secs(60)
+        );
         assert_eq!("10/h".parse::<RateSpec>().unwrap().to_string(), "10/h");
         for bad in ["", "100", "100/d", "x/s", "0/s", "-1/s"] {
             assert!(bad.parse::<RateSpec>().is_err(), "{bad:?} must be refused");

@@ -7,9 +7,7 @@ use crate::metrics::UNROUTED;
 
 /// Records the outcome of a finished request.
 pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
-    let status = session
-        .response_written()
-        .map_or(0, |r| r.status.as_u16());
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let metrics = match ctx.routed() {
         Some((snap, route)) => &snap.route_metrics[route],
         None => &*UNROUTED,

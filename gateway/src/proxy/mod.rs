@@ -75,6 +75,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        request::prepare_session(session);
         request::assign_request_id(session, ctx);
         Ok(())
     }

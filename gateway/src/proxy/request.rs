@@ -8,6 +8,13 @@ use crate::request_id;
 use crate::routes;
 use crate::state::Shared;
 
+/// Per-connection settings that must be in place before anything is read or written.
+pub(super) fn prepare_session(session: &mut Session) {
+    // Answer pipelined HTTP/1.1 requests in order (RFC 9112 §9.3.2) instead of
+    // dropping the second one with the connection.
+    session.as_downstream_mut().set_pipelining_enabled(true);
+}
+
 /// Keeps the client's sane `X-Request-Id` or makes a new one.
 pub(super) fn assign_request_id(session: &Session, ctx: &mut Ctx) {
     let values = session.req_header().headers.get_all(request_id::HEADER);

@@ -15,12 +15,18 @@ pub(super) fn prepare_response(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<(
 }
 
 /// Writes the JSON error answer and remembers it for logging.
-pub(super) async fn respond_error(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<()> {
+pub(super) async fn respond_error(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    err: GatewayError,
+) -> Result<()> {
     ctx.error = Some(err);
     let body = err.body(ctx.request_id());
     let header = err.header(ctx.request_id(), body.len())?;
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(header), head_only).await?;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
@@ -37,13 +43,18 @@ pub(super) async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ct
                 ctx.error = Some(err);
                 written.status.as_u16()
             }
-            None => match respond_error(session, ctx, err).await {
-                Ok(()) => err.status(),
-                Err(write_err) => {
-                    tracing::debug!(error = %write_err, "could not write the error response");
-                    0
+            None => {
+                // The connection closes after this answer: say so, so that no
+                // client sends its next request into a closing socket.
+                session.set_keepalive(None);
+                match respond_error(session, ctx, err).await {
+                    Ok(()) => err.status(),
+                    Err(write_err) => {
+                        tracing::debug!(error = %write_err, "could not write the error response");
+                        0
+                    }
                 }
-            },
+            }
         },
     };
     FailToProxy {

@@ -1,0 +1,354 @@
+//! Test harness: real origins (axum on `127.0.0.1:0`) and the real gateway binary
+//! on reserved ports, with readiness checks and bounded waits.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use futures::StreamExt;
+use tokio::sync::{mpsc, Mutex, Notify};
+
+/// Upper bound for any wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Path of the gateway binary built for these tests.
+pub fn gateway_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gateway"))
+}
+
+/// A free loopback port, released for the caller to bind (retry on a race).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A plain HTTP client that never reuses connections between tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// What an origin saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+/// A real HTTP origin for the gateway to proxy to.
+///
+/// - `/slow/<ms>`: answers after `ms` milliseconds.
+/// - `/stream`: sends `first`, then waits for [`Origin::release`], then `last`.
+/// - `/upload`: reads the body; signals [`Origin::first_chunk`] on its first chunk.
+/// - anything else: `200` with `x-origin: <name>` and the request line as body.
+pub struct Origin {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    first_chunk: Mutex<mpsc::Receiver<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct OriginState {
+    name: &'static str,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    first_chunk: mpsc::Sender<()>,
+}
+
+impl Origin {
+    /// Starts an origin on an ephemeral loopback port.
+    pub async fn start(name: &'static str) -> Origin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let state = OriginState {
+            name,
+            hits: Arc::default(),
+            seen: Arc::default(),
+            release: Arc::new(Notify::new()),
+            first_chunk: tx,
+        };
+        let app = Router::new()
+            .fallback(any(handle))
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Origin {
+            name,
+            addr,
+            hits: state.hits,
+            seen: state.seen,
+            release: state.release,
+            first_chunk: Mutex::new(rx),
+            task,
+        }
+    }
+
+    /// Lets a `/stream` response finish.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+
+    /// Waits until an `/upload` body's first chunk has reached the origin.
+    pub async fn first_chunk(&self) {
+        let mut rx = self.first_chunk.lock().await;
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("first upload chunk reached the origin in time");
+    }
+
+    /// Requests seen so far.
+    pub async fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().await.clone()
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(State(s): State<OriginState>, req: Request) -> Response {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let mut seen = Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body_len: 0,
+    };
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        s.seen.lock().await.push(seen);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return (StatusCode::OK, "slow done").into_response();
+    }
+    if path == "/stream" {
+        s.seen.lock().await.push(seen);
+        let release = s.release.clone();
+        let chunks =
+            futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from("first\n")) }).chain(
+                futures::stream::once(async move {
+                    release.notified().await;
+                    Ok(Bytes::from("last\n"))
+                }),
+            );
+        return Response::new(Body::from_stream(chunks));
+    }
+    let mut stream = body.into_data_stream();
+    let mut signalled = false;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        seen.body_len += chunk.len();
+        if path == "/upload" && !signalled && !chunk.is_empty() {
+            signalled = true;
+            let _ = s.first_chunk.send(()).await;
+        }
+    }
+    let line = format!("{} {} {}", seen.method, seen.uri, seen.body_len);
+    s.seen.lock().await.push(seen);
+    ([("x-origin", s.name)], line).into_response()
+}
+
+/// A running gateway process; killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway with `yaml`, in which `{listen}` and `{admin}` are
+    /// replaced by reserved loopback addresses. Retries on a port race.
+    pub async fn start(yaml: &str) -> Gateway {
+        Self::start_with_env(yaml, &[]).await
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables.
+    pub async fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let text = yaml
+                .replace("{listen}", &listen.to_string())
+                .replace("{admin}", &admin.to_string());
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("gateway.yaml");
+            std::fs::write(&conf, text).unwrap();
+            let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+            let mut child = Command::new(gateway_bin())
+                .arg("-c")
+                .arg(&conf)
+                .envs(env.iter().copied())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn gateway");
+            match wait_ready(&mut child, admin).await {
+                Ok(()) => {
+                    return Gateway {
+                        child,
+                        listen,
+                        admin,
+                        dir,
+                    }
+                }
+                Err(()) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_err =
+                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                }
+            }
+        }
+        panic!("gateway did not become ready:\n{last_err}");
+    }
+
+    /// `http://<listen><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.listen, path)
+    }
+
+    /// `http://<admin><path>`
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The gateway's stderr so far.
+    pub fn stderr(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("stderr.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `GET /health` on the admin port until 200, or fails when the process
+/// exits or `WAIT` passes.
+async fn wait_ready(child: &mut Child, admin: SocketAddr) -> Result<(), ()> {
+    let deadline = Instant::now() + WAIT;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let url = format!("http://{admin}/health");
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(());
+        }
+        if let Ok(r) = c.get(&url).send().await {
+            if r.status() == 200 {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(())
+}
+
+/// Runs the gateway binary to completion (e.g. `-t`), returning code, stdout and stderr.
+pub fn run_gateway(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(gateway_bin());
+    cmd.args(args).envs(env.iter().copied());
+    // Never inherit overrides from the developer's shell.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GATEWAY_") && !env.iter().any(|(e, _)| *e == k) {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("run gateway");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parses a JSON error body and checks its shape; returns (error, request_id).
+pub async fn json_error(resp: reqwest::Response) -> (String, String) {
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap()),
+        Some("application/json")
+    );
+    let header_id = resp
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id on an error")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let v: serde_json::Value = resp.json().await.expect("JSON body");
+    let id = v["request_id"].as_str().expect("request_id").to_owned();
+    assert_eq!(id, header_id, "body and header carry the same request id");
+    (v["error"].as_str().expect("error").to_owned(), id)
+}
+
+impl Gateway {
+    /// Scrapes `/metrics` until every line in `needles` shows (metrics are
+    /// recorded in the logging phase, just after the response went out).
+    pub async fn wait_metrics(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        let c = client();
+        loop {
+            let m = c
+                .get(self.admin_url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if needles.iter().all(|n| m.contains(n)) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!("metrics never showed {needles:?}:\n{m}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
