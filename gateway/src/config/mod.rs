@@ -93,13 +93,7 @@ fn describe(e: &figment::Error, file: &str) -> String {
     // Name the environment variable when the bad value came from one.
     let source = match &e.metadata {
         Some(md) if md.name.contains("environment") => {
-            let keys: Vec<&str> = e.path.iter().map(String::as_str).collect();
-            match e.profile.as_ref() {
-                Some(p) if !keys.is_empty() => {
-                    format!("environment variable {}", md.interpolate(p, &keys))
-                }
-                _ => md.name.to_string(),
-            }
+            format!("environment variable {ENV_PREFIX}{}", e.path.join("__").to_uppercase())
         }
         _ => file.to_owned(),
     };
