@@ -145,19 +145,14 @@ mod tests {
 
     #[test]
     fn pingora_errors_map_to_specific_statuses() {
-        let up = |t| {
-            let mut e = Error::new(t);
-            e.set_esource(ErrorSource::Upstream);
-            GatewayError::from_pingora(&e)
-        };
+        let up = |t| GatewayError::from_pingora(&Error::new_up(t));
         assert_eq!(
             up(ErrorType::ConnectRefused),
             Some(GatewayError::UpstreamUnavailable)
         );
         assert_eq!(up(ErrorType::ConnectTimedout).unwrap().status(), 504);
         assert_eq!(up(ErrorType::ReadTimedout).unwrap().status(), 504);
-        let mut gone = Error::new(ErrorType::ConnectionClosed);
-        gone.set_esource(ErrorSource::Downstream);
+        let gone = Error::new_down(ErrorType::ConnectionClosed);
         assert_eq!(GatewayError::from_pingora(&gone), None);
         let none = Error::new(ErrorType::Custom(NO_SERVER));
         assert_eq!(

@@ -32,15 +32,6 @@ static ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-static CONFIG_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "gateway_config_errors_total",
-        "Configurations refused, by phase (startup, reload).",
-        &["phase"]
-    )
-    .expect("metric registers once")
-});
-
 static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = register_int_gauge_vec!("gateway_build_info", "Build information.", &["version"])
         .expect("metric registers once");
@@ -79,16 +70,10 @@ impl RouteMetrics {
 /// Handles for requests that matched no route.
 pub static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(NO_ROUTE));
 
-/// Counts a refused configuration (`startup` or `reload`).
-pub fn config_error(phase: &str) {
-    CONFIG_ERRORS.with_label_values(&[phase]).inc();
-}
-
 /// Registers everything so that the first scrape already lists every family.
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&ERRORS);
-    LazyLock::force(&CONFIG_ERRORS);
     LazyLock::force(&BUILD_INFO);
     LazyLock::force(&UNROUTED);
 }

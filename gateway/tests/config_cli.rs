@@ -63,7 +63,11 @@ fn yaml_syntax_errors_name_the_file_and_position() {
 
 #[test]
 fn unknown_keys_are_refused() {
-    assert_refused(&format!("{GOOD}\nlisten_port: 80"), &[], "listen_port: unknown field");
+    assert_refused(
+        &format!("{GOOD}\nlisten_port: 80"),
+        &[],
+        "listen_port: unknown field",
+    );
     assert_refused(
         &GOOD.replace("path_prefix: /a }", "path_prefix: /a, hots: x }"),
         &[],
@@ -73,9 +77,16 @@ fn unknown_keys_are_refused() {
 
 #[test]
 fn wrong_types_are_refused() {
-    assert_refused(&format!("{GOOD}\nthreads: many"), &[], "threads: invalid type");
     assert_refused(
-        &GOOD.replace(r#"servers: ["127.0.0.1:5000"]"#, r#"servers: "127.0.0.1:5000""#),
+        &format!("{GOOD}\nthreads: many"),
+        &[],
+        "threads: invalid type",
+    );
+    assert_refused(
+        &GOOD.replace(
+            r#"servers: ["127.0.0.1:5000"]"#,
+            r#"servers: "127.0.0.1:5000""#,
+        ),
         &[],
         "upstreams.app.servers: invalid type",
     );
@@ -103,7 +114,10 @@ fn bad_durations_and_sizes_are_refused() {
 #[test]
 fn references_and_server_lists_are_checked() {
     assert_refused(
-        &GOOD.replace("upstream: app }\n  - { name: b", "upstream: nope }\n  - { name: b"),
+        &GOOD.replace(
+            "upstream: app }\n  - { name: b",
+            "upstream: nope }\n  - { name: b",
+        ),
         &[],
         "routes[0].upstream: no upstream named \"nope\"",
     );
@@ -136,8 +150,14 @@ fn every_problem_is_reported_at_once() {
         .replace(r#"listen: "127.0.0.1:18080""#, r#"listen: "nowhere""#);
     let (code, _, err, path) = check(&yaml, &[]);
     assert_ne!(code, 0);
-    assert!(err.contains(&format!("{path}: listen: \"nowhere\"")), "{err}");
-    assert!(err.contains(&format!("{path}: routes[1].name: duplicate")), "{err}");
+    assert!(
+        err.contains(&format!("{path}: listen: \"nowhere\"")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{path}: routes[1].name: duplicate")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -158,7 +178,10 @@ fn environment_overrides_the_file() {
     let open = GOOD.replace("127.0.0.1:19180", "0.0.0.0:19180");
     let (code, _, err, _) = check(&open, &[]);
     assert_ne!(code, 0, "{err}");
-    assert!(err.contains("admin.listen: 0.0.0.0:19180 is not a loopback address"), "{err}");
+    assert!(
+        err.contains("admin.listen: 0.0.0.0:19180 is not a loopback address"),
+        "{err}"
+    );
     let (code, _, err, _) = check(&open, &[("GATEWAY_ADMIN__TOKEN", "0123456789abcdef-token")]);
     assert_eq!(code, 0, "{err}");
 }
@@ -178,7 +201,11 @@ routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
     );
     let listen = format!("127.0.0.1:{port}");
     let gw = Gateway::start_with_env(&yaml, &[("GATEWAY_LISTEN", &listen)]).await;
-    let r = client().get(format!("http://{listen}/x")).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{listen}/x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-origin"], "a");
     drop(gw);
@@ -194,5 +221,8 @@ fn a_listener_that_cannot_bind_exits_with_a_message() {
     std::fs::write(&path, yaml).unwrap();
     let (code, _, err) = run_gateway(&["-c", path.to_str().unwrap()], &[]);
     assert_ne!(code, 0);
-    assert!(err.contains(&format!("cannot listen on {addr} (listen in")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (listen in")),
+        "{err}"
+    );
 }

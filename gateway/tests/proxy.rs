@@ -367,7 +367,10 @@ async fn an_error_before_the_body_was_read_closes_the_connection_explicitly() {
             || answered == 1 && all.to_ascii_lowercase().contains("connection: close"),
         "{all}"
     );
-    assert!(!all.contains("400"), "body bytes were parsed as a request: {all}");
+    assert!(
+        !all.contains("400"),
+        "body bytes were parsed as a request: {all}"
+    );
 }
 
 /// Writes raw bytes, reads until the server closes; returns the first status and all text.

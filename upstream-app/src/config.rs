@@ -100,9 +100,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         .merge(Env::prefixed("APP_").split("__"));
     let file = path.display().to_string();
     if let Ok(port) = std::env::var("PORT") {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| ConfigError(format!("environment variable PORT: {port:?} is not a port number")))?;
+        let port: u16 = port.parse().map_err(|_| {
+            ConfigError(format!(
+                "environment variable PORT: {port:?} is not a port number"
+            ))
+        })?;
         let listen: RawConfig = extract(&fig, &file)?;
         let mut addr: SocketAddr = parse_listen(&listen.listen, &file)?;
         addr.set_port(port);
@@ -124,7 +126,10 @@ fn extract(fig: &Figment, file: &str) -> Result<RawConfig, ConfigError> {
             .map(|e| {
                 let source = match &e.metadata {
                     Some(md) if md.name.contains("environment") => {
-                        format!("environment variable APP_{}", e.path.join("__").to_uppercase())
+                        format!(
+                            "environment variable APP_{}",
+                            e.path.join("__").to_uppercase()
+                        )
                     }
                     _ => file.to_owned(),
                 };
@@ -152,7 +157,10 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     let r = raw.redis;
     let bad = |key: &str, msg: &str| ConfigError(format!("{file}: redis.{key}: {msg}"));
     if redis::parse_redis_url(&r.url).is_none() {
-        return Err(bad("url", "must be a redis:// URL, e.g. redis://127.0.0.1:6379/0"));
+        return Err(bad(
+            "url",
+            "must be a redis:// URL, e.g. redis://127.0.0.1:6379/0",
+        ));
     }
     if r.max_size == 0 {
         return Err(bad("max_size", "must be > 0"));
@@ -187,11 +195,15 @@ mod tests {
         let c = from_yaml_str("{}").unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(c.redis.max_size, 50);
-        let e = from_yaml_str("redis: { max_size: 0 }").unwrap_err().to_string();
+        let e = from_yaml_str("redis: { max_size: 0 }")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "<yaml>: redis.max_size: must be > 0");
         let e = from_yaml_str("redis: { pool: 3 }").unwrap_err().to_string();
         assert!(e.starts_with("<yaml>: redis.pool: unknown field"), "{e}");
-        let e = from_yaml_str("redis: { url: http://x }").unwrap_err().to_string();
+        let e = from_yaml_str("redis: { url: http://x }")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("redis.url: must be a redis:// URL"), "{e}");
     }
 }

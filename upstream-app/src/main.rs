@@ -9,7 +9,11 @@ use clap::Parser;
 
 /// Command-line flags.
 #[derive(Parser)]
-#[command(name = "upstream-app", version, about = "Reference origin: auth and database routes on Redis")]
+#[command(
+    name = "upstream-app",
+    version,
+    about = "Reference origin: auth and database routes on Redis"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(short = 'c', long = "config", default_value = "conf/upstream-app.yaml")]

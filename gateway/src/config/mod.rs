@@ -93,7 +93,10 @@ fn describe(e: &figment::Error, file: &str) -> String {
     // Name the environment variable when the bad value came from one.
     let source = match &e.metadata {
         Some(md) if md.name.contains("environment") => {
-            format!("environment variable {ENV_PREFIX}{}", e.path.join("__").to_uppercase())
+            format!(
+                "environment variable {ENV_PREFIX}{}",
+                e.path.join("__").to_uppercase()
+            )
         }
         _ => file.to_owned(),
     };

@@ -30,7 +30,9 @@ pub fn request_id(headers: &HeaderMap) -> String {
 async fn index() -> impl IntoResponse {
     (
         [("cache-control", "public, max-age=5")],
-        Json(serde_json::json!({ "service": "upstream-app", "version": env!("CARGO_PKG_VERSION") })),
+        Json(
+            serde_json::json!({ "service": "upstream-app", "version": env!("CARGO_PKG_VERSION") }),
+        ),
     )
 }
 

@@ -36,14 +36,27 @@ impl RedisServer {
             let port = port.unwrap_or_else(free_port);
             let dir = tempfile::tempdir().unwrap();
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server must be installed (the test command installs it)");
-            let mut server = RedisServer { port, child, _dir: dir };
+            let mut server = RedisServer {
+                port,
+                child,
+                _dir: dir,
+            };
             if server.wait_ping().await {
                 return server;
             }
@@ -65,7 +78,11 @@ impl RedisServer {
             }
             if let Ok(client) = redis::Client::open(self.url()) {
                 if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
+                    if redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok()
+                    {
                         return true;
                     }
                 }
@@ -104,7 +121,10 @@ impl App {
         tokio::spawn(upstream_app::serve(config, listener, async {
             let _ = rx.await;
         }));
-        App { addr, stop: Some(tx) }
+        App {
+            addr,
+            stop: Some(tx),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
