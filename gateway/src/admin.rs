@@ -5,6 +5,7 @@
 //! | `GET /health` | open: the process is alive |
 //! | `GET /ready` | open: 200 while serving, 503 once draining; never depends on upstreams |
 //! | `GET /metrics` | open: Prometheus text format |
+//! | `GET /upstreams` | token: servers of every upstream and their health |
 //!
 //! Token-protected endpoints (`/stats`, `/cache/*`, `/upstreams`, `/config`, ...)
 //! answer with `Authorization: Bearer <token>` checked by [`authorize`].
@@ -57,7 +58,21 @@ impl ServeHttp for AdminApp {
                     "text/plain; version=0.0.4; charset=utf-8",
                 )
                 .body(metrics::render()),
-            "/health" | "/ready" | "/metrics" => Response::builder()
+            "/upstreams" if get => match self.check_token(session) {
+                Ok(()) => {
+                    let snap = self.shared.snapshot();
+                    let ups: Vec<_> = snap.upstreams.iter().map(|p| p.status()).collect();
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(
+                            serde_json::to_vec(&serde_json::json!({ "upstreams": ups }))
+                                .unwrap_or_default(),
+                        )
+                }
+                Err(denied) => denied.response(&id),
+            },
+            "/health" | "/ready" | "/metrics" | "/upstreams" => Response::builder()
                 .status(StatusCode::METHOD_NOT_ALLOWED)
                 .header(header::ALLOW, "GET, HEAD")
                 .header(header::CONTENT_TYPE, "application/json")
@@ -86,6 +101,40 @@ impl ServeHttp for AdminApp {
             resp.body_mut().clear();
         }
         resp
+    }
+}
+
+impl AdminApp {
+    fn check_token(&self, session: &ServerSession) -> Result<(), Denied> {
+        let snap = self.shared.snapshot();
+        let auth = session.req_header().headers.get(header::AUTHORIZATION);
+        authorize(
+            snap.config.admin.token.as_deref(),
+            auth.map(|v| v.as_bytes()),
+        )
+    }
+}
+
+impl Denied {
+    fn response(&self, id: &str) -> http::Result<Response<Vec<u8>>> {
+        match self {
+            Denied::NoTokenConfigured => Response::builder()
+                .status(StatusCode::FORBIDDEN)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(
+                    json_error(
+                        "no admin token configured: set admin.token or admin.token_file \
+                         (or GATEWAY_ADMIN__TOKEN) to use this endpoint",
+                        id,
+                    )
+                    .to_vec(),
+                ),
+            Denied::BadToken => Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header(header::WWW_AUTHENTICATE, "Bearer")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(json_error("missing or wrong bearer token", id).to_vec()),
+        }
     }
 }
 

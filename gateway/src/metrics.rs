@@ -32,6 +32,24 @@ static ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static HEALTH_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_upstream_health_changes_total",
+        "Upstream servers that changed health state, by upstream and new state.",
+        &["upstream", "state"]
+    )
+    .expect("metric registers once")
+});
+
+static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_upstream_errors_total",
+        "Failed attempts to reach an upstream, by upstream and kind (connect, ...).",
+        &["upstream", "kind"]
+    )
+    .expect("metric registers once")
+});
+
 static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = register_int_gauge_vec!("gateway_build_info", "Build information.", &["version"])
         .expect("metric registers once");
@@ -70,10 +88,22 @@ impl RouteMetrics {
 /// Handles for requests that matched no route.
 pub static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(NO_ROUTE));
 
+/// Counts a server that became `healthy` or `unhealthy`.
+pub fn health_change(upstream: &str, state: &str) {
+    HEALTH_CHANGES.with_label_values(&[upstream, state]).inc();
+}
+
+/// Counts a failed attempt to reach `upstream` (`kind`: `connect`, ...).
+pub fn upstream_error(upstream: &str, kind: &str) {
+    UPSTREAM_ERRORS.with_label_values(&[upstream, kind]).inc();
+}
+
 /// Registers everything so that the first scrape already lists every family.
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&ERRORS);
+    LazyLock::force(&HEALTH_CHANGES);
+    LazyLock::force(&UPSTREAM_ERRORS);
     LazyLock::force(&BUILD_INFO);
     LazyLock::force(&UNROUTED);
 }

@@ -14,6 +14,7 @@ use crate::config::{self, Config};
 use crate::metrics;
 use crate::proxy::Gateway;
 use crate::state::Shared;
+use crate::upstream::HealthChecker;
 
 /// Exit code of a refused configuration (and of a listener that cannot bind).
 pub const EXIT_CONFIG: u8 = 2;
@@ -81,6 +82,10 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
 
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(pingora::services::background::background_service(
+        "health checks",
+        HealthChecker::new(shared.clone()),
+    ));
     server
 }
 
@@ -90,6 +95,7 @@ fn server_conf(config: &Config) -> ServerConf {
         threads: config.threads,
         pid_file: config.pid_file.display().to_string(),
         upgrade_sock: config.upgrade_sock.display().to_string(),
+        upstream_keepalive_pool_size: config.upstream_keepalive_pool_size,
         // Listeners keep accepting while draining; then in-flight requests get the rest.
         grace_period_seconds: Some(config.shutdown.drain_delay.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(

@@ -31,6 +31,8 @@ pub struct Config {
     pub pid_file: PathBuf,
     /// Binary-upgrade socket.
     pub upgrade_sock: PathBuf,
+    /// Idle upstream connections kept, all upstreams together.
+    pub upstream_keepalive_pool_size: usize,
     /// Stop timings.
     pub shutdown: Shutdown,
     /// Peers whose forwarding headers are believed.
@@ -137,6 +139,8 @@ pub struct Upstream {
     pub read_timeout: Duration,
     /// Idle pooled connection lifetime.
     pub idle_timeout: Duration,
+    /// Other servers a failed connect is retried on.
+    pub retries: u32,
     /// Upstream-wide in-flight cap.
     pub max_inflight: Option<NonZeroU32>,
     /// Circuit breaker.
@@ -152,6 +156,10 @@ pub struct HealthCheck {
     pub interval: Duration,
     /// Deadline of one check.
     pub timeout: Duration,
+    /// Successes in a row to become healthy.
+    pub healthy_threshold: NonZeroU32,
+    /// Failures in a row to become unhealthy.
+    pub unhealthy_threshold: NonZeroU32,
 }
 
 /// `breaker:`
@@ -322,6 +330,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
     let mut c = Checker::default();
 
     let listen = c.addr("listen", &raw.listen);
+    if raw.upstream_keepalive_pool_size == 0 {
+        c.fail("upstream_keepalive_pool_size", "must be > 0");
+    }
     if raw.threads == 0 {
         c.fail("threads", "must be > 0");
     }
@@ -447,6 +458,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
         threads: raw.threads,
         pid_file: PathBuf::from(raw.pid_file),
         upgrade_sock: PathBuf::from(raw.upgrade_sock),
+        upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size,
         shutdown,
         trusted_proxies,
         client,
@@ -533,10 +545,26 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
         if !h.path.starts_with('/') {
             c.fail(format!("{key}.health_check.path"), "must start with '/'");
         }
+        let k = format!("{key}.health_check");
+        if h.timeout > h.interval {
+            c.fail(
+                format!("{k}.timeout"),
+                "must be at most health_check.interval",
+            );
+        }
         HealthCheck {
             path: h.path.clone(),
-            interval: c.positive(&format!("{key}.health_check.interval"), h.interval),
-            timeout: c.positive(&format!("{key}.health_check.timeout"), h.timeout),
+            interval: c.positive(&format!("{k}.interval"), h.interval),
+            timeout: c.positive(&format!("{k}.timeout"), h.timeout),
+            healthy_threshold: c
+                .nonzero(&format!("{k}.healthy_threshold"), Some(h.healthy_threshold))
+                .unwrap_or(NonZeroU32::MIN),
+            unhealthy_threshold: c
+                .nonzero(
+                    &format!("{k}.unhealthy_threshold"),
+                    Some(h.unhealthy_threshold),
+                )
+                .unwrap_or(NonZeroU32::MIN),
         }
     });
     let breaker = ru.breaker.as_ref().map(|b| Breaker {
@@ -555,6 +583,7 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
         connect_timeout: c.positive(&format!("{key}.connect_timeout"), ru.connect_timeout),
         read_timeout: c.positive(&format!("{key}.read_timeout"), ru.read_timeout),
         idle_timeout: ru.idle_timeout,
+        retries: ru.retries,
         max_inflight: c.nonzero(
             &format!("{key}.limits.max_inflight"),
             ru.limits.max_inflight,

@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub pid_file: String,
     /// Unix socket over which listening sockets are handed to a new binary (`-u`).
     pub upgrade_sock: String,
+    /// Idle upstream connections kept for reuse, all upstreams together. Needs a restart.
+    pub upstream_keepalive_pool_size: usize,
     /// Graceful stop timings.
     pub shutdown: RawShutdown,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed (CIDRs or addresses).
@@ -49,6 +51,7 @@ impl Default for RawConfig {
             threads: 2,
             pid_file: "/run/gateway/gateway.pid".into(),
             upgrade_sock: "/run/gateway/upgrade.sock".into(),
+            upstream_keepalive_pool_size: 128,
             shutdown: RawShutdown::default(),
             trusted_proxies: Vec::new(),
             client: RawClient::default(),
@@ -173,6 +176,8 @@ pub struct RawUpstream {
     /// How long an idle pooled connection to a server is kept for reuse.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How many other servers a failed connect is retried on.
+    pub retries: u32,
     /// Upstream-wide concurrency cap.
     pub limits: RawUpstreamLimits,
     /// Circuit breaker.
@@ -187,6 +192,7 @@ impl Default for RawUpstream {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            retries: 2,
             limits: RawUpstreamLimits::default(),
             breaker: None,
         }
@@ -205,6 +211,10 @@ pub struct RawHealthCheck {
     /// Deadline of one check.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Successful checks in a row that make an unhealthy server healthy again.
+    pub healthy_threshold: u32,
+    /// Failed checks in a row that make a healthy server unhealthy.
+    pub unhealthy_threshold: u32,
 }
 
 impl Default for RawHealthCheck {
@@ -213,6 +223,8 @@ impl Default for RawHealthCheck {
             path: "/".into(),
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
         }
     }
 }

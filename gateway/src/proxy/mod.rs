@@ -42,8 +42,8 @@ pub struct Ctx {
     snapshot: Option<Arc<Snapshot>>,
     /// Index of the matched route in `snapshot.config.routes`.
     route: Option<usize>,
-    /// Failed connection attempts so far (each is retried on the next server).
-    connect_failures: usize,
+    /// Servers a connect failed on, in order (empty unless something failed).
+    failed_servers: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// Set when the gateway answered with its own error.
     error: Option<GatewayError>,
 }
@@ -69,7 +69,7 @@ impl ProxyHttp for Gateway {
             request_id: HeaderValue::from_static(""),
             snapshot: None,
             route: None,
-            connect_failures: 0,
+            failed_servers: Vec::new(),
             error: None,
         }
     }
@@ -91,11 +91,11 @@ impl ProxyHttp for Gateway {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut Ctx,
         e: Box<Error>,
     ) -> Box<Error> {
-        upstream::on_connect_failure(ctx, e)
+        upstream::on_connect_failure(ctx, peer, e)
     }
 
     async fn upstream_request_filter(

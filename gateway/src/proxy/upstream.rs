@@ -7,21 +7,22 @@ use pingora::upstreams::peer::HttpPeer;
 use super::Ctx;
 use crate::request_id;
 
-/// The next server of the route's upstream.
+/// The next server of the route's upstream, never one this request already failed on.
 pub(super) fn select_peer(ctx: &Ctx) -> Result<Box<HttpPeer>> {
     let (snap, route) = ctx
         .routed()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream_peer before routing"))?;
-    snap.upstreams[snap.config.routes[route].upstream].select()
+    snap.upstreams[snap.config.routes[route].upstream].select(&ctx.failed_servers)
 }
 
-/// A failed connect sent nothing, so any method may try the next server; each
-/// server is tried at most once per request.
-pub(super) fn on_connect_failure(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
-    ctx.connect_failures += 1;
+/// A failed connect sent nothing, so any method may try another server, up to
+/// the upstream's `retries`.
+pub(super) fn on_connect_failure(ctx: &mut Ctx, peer: &HttpPeer, mut e: Box<Error>) -> Box<Error> {
+    ctx.failed_servers.push(peer._address.clone());
     if let Some((snap, route)) = ctx.routed() {
-        let servers = snap.upstreams[snap.config.routes[route].upstream].server_count();
-        if ctx.connect_failures < servers {
+        let pool = &snap.upstreams[snap.config.routes[route].upstream];
+        crate::metrics::upstream_error(pool.name(), "connect");
+        if ctx.failed_servers.len() <= pool.max_connect_retries() {
             e.set_retry(true);
         }
     }

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,11 +59,15 @@ pub struct Seen {
 /// - `/slow/<ms>`: answers after `ms` milliseconds.
 /// - `/stream`: sends `first`, then waits for [`Origin::release`], then `last`.
 /// - `/upload`: reads the body; signals [`Origin::first_chunk`] on its first chunk.
+/// - `/health`: 200 or 503 as [`Origin::healthy`] says (not counted in `hits`).
 /// - anything else: `200` with `x-origin: <name>` and the request line as body.
 pub struct Origin {
     pub name: &'static str,
     pub addr: SocketAddr,
+    /// Requests seen, health checks excluded.
     pub hits: Arc<AtomicUsize>,
+    /// What `/health` answers: 200 when true, 503 otherwise.
+    pub healthy: Arc<AtomicBool>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     first_chunk: Mutex<mpsc::Receiver<()>>,
@@ -74,6 +78,7 @@ pub struct Origin {
 struct OriginState {
     name: &'static str,
     hits: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     first_chunk: mpsc::Sender<()>,
@@ -88,6 +93,7 @@ impl Origin {
         let state = OriginState {
             name,
             hits: Arc::default(),
+            healthy: Arc::new(AtomicBool::new(true)),
             seen: Arc::default(),
             release: Arc::new(Notify::new()),
             first_chunk: tx,
@@ -102,6 +108,7 @@ impl Origin {
             name,
             addr,
             hits: state.hits,
+            healthy: state.healthy,
             seen: state.seen,
             release: state.release,
             first_chunk: Mutex::new(rx),
@@ -139,6 +146,14 @@ impl Drop for Origin {
 }
 
 async fn handle(State(s): State<OriginState>, req: Request) -> Response {
+    if req.uri().path() == "/health" {
+        return if s.healthy.load(Ordering::SeqCst) {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        .into_response();
+    }
     s.hits.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
@@ -348,6 +363,42 @@ impl Gateway {
             if Instant::now() > deadline {
                 panic!("metrics never showed {needles:?}:\n{m}");
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Gateway {
+    /// `GET` an admin endpoint with the bearer token, as JSON.
+    pub async fn admin_json(&self, path: &str, token: &str) -> serde_json::Value {
+        let r = client()
+            .get(self.admin_url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().await.unwrap()
+    }
+
+    /// Polls `/upstreams` until `server` (an address) has health `healthy`.
+    pub async fn wait_health(&self, token: &str, server: SocketAddr, healthy: bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.admin_json("/upstreams", token).await;
+            let found = v["upstreams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|u| u["servers"].as_array().unwrap())
+                .any(|s| s["address"] == server.to_string() && s["healthy"] == healthy);
+            if found {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{server} never became healthy={healthy}: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -1,0 +1,173 @@
+//! Upstream health checks, failover and bounded connect retries.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+fn two_servers(a: &str, b: &str, extra: &str) -> String {
+    format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}", token: {TOKEN} }}
+upstreams:
+  app:
+    servers: ["{a}", "{b}"]
+    {extra}
+routes:
+  - {{ name: default, match: {{ path_prefix: / }}, upstream: app }}
+"#
+    )
+}
+
+const FAST_CHECKS: &str = "health_check: { path: /health, interval: 50ms, timeout: 50ms, healthy_threshold: 2, unhealthy_threshold: 2 }";
+
+async fn origins_of(gw: &Gateway, n: usize) -> Vec<String> {
+    let c = client();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let r = c.get(gw.url(&format!("/r{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        out.push(r.headers()["x-origin"].to_str().unwrap().to_owned());
+    }
+    out
+}
+
+#[tokio::test]
+async fn health_checks_remove_and_restore_a_server() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let gw = Gateway::start(&two_servers(
+        &a.addr.to_string(),
+        &b.addr.to_string(),
+        FAST_CHECKS,
+    ))
+    .await;
+
+    let v = gw.admin_json("/upstreams", TOKEN).await;
+    assert_eq!(v["upstreams"][0]["name"], "app");
+    assert_eq!(v["upstreams"][0]["health_check"]["path"], "/health");
+
+    b.healthy.store(false, Ordering::SeqCst);
+    gw.wait_health(TOKEN, b.addr, false).await;
+    let got = origins_of(&gw, 6).await;
+    assert!(
+        got.iter().all(|o| o == "a"),
+        "unhealthy b gets nothing: {got:?}"
+    );
+
+    b.healthy.store(true, Ordering::SeqCst);
+    gw.wait_health(TOKEN, b.addr, true).await;
+    let got = origins_of(&gw, 6).await;
+    assert_eq!(
+        got.iter().filter(|o| *o == "b").count(),
+        3,
+        "b is back: {got:?}"
+    );
+
+    gw.wait_metrics(&[
+        r#"gateway_upstream_health_changes_total{state="unhealthy",upstream="app"} 1"#,
+        r#"gateway_upstream_health_changes_total{state="healthy",upstream="app"} 1"#,
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_server_fails_over_without_failed_requests() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let b_addr = b.addr;
+    let gw = Gateway::start(&two_servers(
+        &a.addr.to_string(),
+        &b_addr.to_string(),
+        FAST_CHECKS,
+    ))
+    .await;
+    assert!(origins_of(&gw, 4).await.contains(&"b".to_string()));
+
+    drop(b); // the server dies: connections are refused from now on
+    let got = origins_of(&gw, 10).await;
+    assert!(got.iter().all(|o| o == "a"), "{got:?}");
+    gw.wait_health(TOKEN, b_addr, false).await;
+}
+
+#[tokio::test]
+async fn when_every_server_is_unhealthy_requests_still_try_them() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let gw = Gateway::start(&two_servers(
+        &a.addr.to_string(),
+        &b.addr.to_string(),
+        FAST_CHECKS,
+    ))
+    .await;
+    a.healthy.store(false, Ordering::SeqCst);
+    b.healthy.store(false, Ordering::SeqCst);
+    gw.wait_health(TOKEN, a.addr, false).await;
+    gw.wait_health(TOKEN, b.addr, false).await;
+    // A broken health endpoint must not turn into a total outage.
+    assert_eq!(origins_of(&gw, 2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn connect_retries_are_bounded() {
+    let dead: Vec<String> = (0..4)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+upstreams:
+  app: {{ servers: {dead:?}, retries: 1 }}
+routes:
+  - {{ name: default, match: {{ path_prefix: / }}, upstream: app }}
+"#
+    );
+    let gw = Gateway::start(&yaml).await;
+    let r = client()
+        .post(gw.url("/x"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(json_error(r).await.0, "upstream unavailable");
+    // One attempt plus one retry: exactly two connects failed.
+    gw.wait_metrics(&[r#"gateway_upstream_errors_total{kind="connect",upstream="app"} 2"#])
+        .await;
+}
+
+#[tokio::test]
+async fn upstreams_endpoint_needs_the_token() {
+    let a = Origin::start("a").await;
+    let gw = Gateway::start(&two_servers(&a.addr.to_string(), &a.addr.to_string(), "")).await;
+    let c = client();
+    let r = c.get(gw.admin_url("/upstreams")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    json_error(r).await;
+    let r = c
+        .get(gw.admin_url("/upstreams"))
+        .bearer_auth("wrong-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Without a configured token: 403 saying how to set one.
+    let yaml = two_servers(&a.addr.to_string(), &a.addr.to_string(), "")
+        .replace(&format!(", token: {TOKEN}"), "");
+    let gw = Gateway::start(&yaml).await;
+    let r = c
+        .get(gw.admin_url("/upstreams"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(json_error(r).await.0.contains("admin.token"));
+}
