@@ -19,6 +19,21 @@ pub enum GatewayError {
     /// The request could not be read or is malformed.
     #[error("bad request")]
     BadRequest,
+    /// Both `Content-Length` and `Transfer-Encoding`: hops could read the body differently.
+    #[error("ambiguous request framing (Content-Length with Transfer-Encoding)")]
+    AmbiguousFraming,
+    /// The client address is not in the route's `allow_from`.
+    #[error("forbidden: this route does not accept requests from your address")]
+    Forbidden,
+    /// More header fields than `client.max_headers`.
+    #[error("too many request header fields")]
+    TooManyHeaders,
+    /// A header block larger than `client.max_header_bytes`.
+    #[error("request header too large")]
+    HeaderTooLarge,
+    /// A body larger than `client.max_body_size`.
+    #[error("request body too large")]
+    BodyTooLarge,
     /// No server of the upstream could be selected.
     #[error("no upstream server available")]
     NoServer,
@@ -44,7 +59,10 @@ impl GatewayError {
     pub fn status(self) -> u16 {
         match self {
             Self::NoRoute => 404,
-            Self::BadPath | Self::BadRequest => 400,
+            Self::BadPath | Self::BadRequest | Self::AmbiguousFraming => 400,
+            Self::Forbidden => 403,
+            Self::BodyTooLarge => 413,
+            Self::TooManyHeaders | Self::HeaderTooLarge => 431,
             Self::NoServer | Self::UpstreamUnavailable | Self::BadUpstreamResponse => 502,
             Self::ConnectTimeout | Self::UpstreamTimeout => 504,
             Self::Internal => 500,
@@ -57,6 +75,11 @@ impl GatewayError {
             Self::NoRoute => "no_route",
             Self::BadPath => "bad_path",
             Self::BadRequest => "bad_request",
+            Self::AmbiguousFraming => "ambiguous_framing",
+            Self::Forbidden => "forbidden",
+            Self::TooManyHeaders => "too_many_headers",
+            Self::HeaderTooLarge => "header_too_large",
+            Self::BodyTooLarge => "body_too_large",
             Self::NoServer => "no_server",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::BadUpstreamResponse => "bad_upstream_response",
@@ -74,6 +97,7 @@ impl GatewayError {
         }
         Some(match (e.esource(), e.etype()) {
             (_, HTTPStatus(400)) => Self::BadRequest,
+            (_, HTTPStatus(413)) => Self::BodyTooLarge,
             (_, HTTPStatus(_)) => Self::Internal,
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
             (ErrorSource::Downstream, _) => Self::BadRequest,

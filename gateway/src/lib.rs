@@ -6,15 +6,21 @@
 //! - [`upstream`]: server pools and peer selection.
 //! - [`state`]: the atomically swappable snapshot shared by every service.
 //! - [`proxy`]: the `ProxyHttp` implementation, one file per Pingora phase.
+//! - [`client`]: connection cap and whole-header deadline around the proxy.
 //! - [`admin`]: the admin listener (`/health`, `/ready`, `/metrics`).
+//! - [`hop_by_hop`]: connection-only header fields, stripped both ways.
+//! - [`forwarded`]: client address and forwarding headers (trusted proxies).
 //! - [`error`]: the gateway's own error answers (JSON with a request id).
 //! - [`metrics`]: Prometheus metrics in the default registry.
 //! - [`server`]: wiring of the Pingora server from a config, and process start.
 
 pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod error;
+pub mod forwarded;
+pub mod hop_by_hop;
 pub mod metrics;
 pub mod proxy;
 pub mod request_id;

@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_int_counter_vec, register_int_gauge_vec, Encoder, IntCounter, IntCounterVec,
-    IntGaugeVec, TextEncoder,
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
 /// The `route` label of requests that matched no route.
@@ -46,6 +46,30 @@ static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "gateway_upstream_errors_total",
         "Failed attempts to reach an upstream, by upstream and kind (connect, ...).",
         &["upstream", "kind"]
+    )
+    .expect("metric registers once")
+});
+
+static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "gateway_downstream_connections",
+        "Client connections open now."
+    )
+    .expect("metric registers once")
+});
+
+static CONNECTIONS_REJECTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_downstream_connections_rejected_total",
+        "Client connections closed at once because client.max_connections were open."
+    )
+    .expect("metric registers once")
+});
+
+static HEADER_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_request_header_timeouts_total",
+        "Connections closed because a request header did not complete within client.header_timeout."
     )
     .expect("metric registers once")
 });
@@ -98,12 +122,36 @@ pub fn upstream_error(upstream: &str, kind: &str) {
     UPSTREAM_ERRORS.with_label_values(&[upstream, kind]).inc();
 }
 
+/// Counts an accepted connection; returns how many are open now.
+pub fn connection_opened() -> i64 {
+    CONNECTIONS.inc();
+    CONNECTIONS.get()
+}
+
+/// Counts a closed connection.
+pub fn connection_closed() {
+    CONNECTIONS.dec();
+}
+
+/// Counts a connection turned away by `client.max_connections`.
+pub fn connection_rejected() {
+    CONNECTIONS_REJECTED.inc();
+}
+
+/// Counts a request header that missed `client.header_timeout`.
+pub fn header_timeout() {
+    HEADER_TIMEOUTS.inc();
+}
+
 /// Registers everything so that the first scrape already lists every family.
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&ERRORS);
     LazyLock::force(&HEALTH_CHANGES);
     LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&CONNECTIONS);
+    LazyLock::force(&CONNECTIONS_REJECTED);
+    LazyLock::force(&HEADER_TIMEOUTS);
     LazyLock::force(&BUILD_INFO);
     LazyLock::force(&UNROUTED);
 }

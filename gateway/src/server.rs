@@ -10,6 +10,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::cli::Cli;
+use crate::client::GuardedApp;
 use crate::config::{self, Config};
 use crate::metrics;
 use crate::proxy::Gateway;
@@ -69,10 +70,12 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "gateway",
+    let mut proxy_app =
+        pingora::proxy::HttpProxy::new(Gateway::new(shared.clone()), server.configuration.clone());
+    proxy_app.handle_init_modules();
+    let mut proxy = Service::new(
+        "gateway".to_string(),
+        GuardedApp::new(proxy_app, shared.clone()),
     );
     proxy.add_tcp(&config.listen.to_string());
 

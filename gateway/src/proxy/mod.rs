@@ -20,6 +20,7 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::error::GatewayError;
+use crate::forwarded::Client;
 use crate::state::{Shared, Snapshot};
 
 /// The proxy service's logic, shared by every connection.
@@ -42,6 +43,10 @@ pub struct Ctx {
     snapshot: Option<Arc<Snapshot>>,
     /// Index of the matched route in `snapshot.config.routes`.
     route: Option<usize>,
+    /// Who sent the request (socket peer, trusted-proxy headers).
+    client: Client,
+    /// Request body bytes seen so far.
+    body_bytes: u64,
     /// Servers a connect failed on, in order (empty unless something failed).
     failed_servers: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// Set when the gateway answered with its own error.
@@ -69,19 +74,36 @@ impl ProxyHttp for Gateway {
             request_id: HeaderValue::from_static(""),
             snapshot: None,
             route: None,
+            client: Client {
+                peer: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                peer_trusted: false,
+                ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            },
+            body_bytes: 0,
             failed_servers: Vec::new(),
             error: None,
         }
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        request::prepare_session(session);
+        request::identify(&self.shared, session, ctx);
+        request::prepare_session(session, ctx);
         request::assign_request_id(session, ctx);
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        request::route(&self.shared, session, ctx).await
+        request::filter(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        request::count_body(body, ctx)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -100,20 +122,20 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream::prepare_request(upstream_request, ctx)
+        upstream::prepare_request(session, upstream_request, ctx)
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        response::prepare_response(upstream_response, ctx)
+        response::prepare_response(session, upstream_response, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -121,6 +143,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        crate::client::request_done(session);
         logging::log_request(session, e, ctx);
     }
 }

@@ -1,18 +1,26 @@
-//! Request phase: request id and routing.
+//! Request phase: request id, client address, client limits, routing, `allow_from`.
 
+use bytes::Bytes;
+use http::header;
 use pingora::prelude::*;
 
 use super::{response, Ctx};
 use crate::error::GatewayError;
+use crate::forwarded::Client;
 use crate::request_id;
 use crate::routes;
 use crate::state::Shared;
 
 /// Per-connection settings that must be in place before anything is read or written.
-pub(super) fn prepare_session(session: &mut Session) {
+pub(super) fn prepare_session(session: &mut Session, ctx: &Ctx) {
     // Answer pipelined HTTP/1.1 requests in order (RFC 9112 §9.3.2) instead of
     // dropping the second one with the connection.
     session.as_downstream_mut().set_pipelining_enabled(true);
+    if let Some(snap) = &ctx.snapshot {
+        let idle = snap.config.client.keepalive_timeout.as_secs();
+        session.set_keepalive((idle > 0).then_some(idle));
+    }
+    crate::client::header_complete(session);
 }
 
 /// Keeps the client's sane `X-Request-Id` or makes a new one.
@@ -21,11 +29,29 @@ pub(super) fn assign_request_id(session: &Session, ctx: &mut Ctx) {
     ctx.request_id = request_id::from_client(values.iter()).unwrap_or_else(request_id::generate);
 }
 
-/// Pins the current snapshot and finds the route; answers 400/404 itself.
+/// Pins the current snapshot and works out who the client is.
+pub(super) fn identify(shared: &Shared, session: &Session, ctx: &mut Ctx) {
+    let snap = shared.snapshot();
+    let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+    ctx.client = Client::derive(peer, &snap.config.trusted_proxies, &session.req_header().headers);
+    ctx.snapshot = Some(snap);
+}
+
+/// Client limits, framing, routing and `allow_from`; answers itself when one fails.
 ///
 /// Returns `Ok(true)` when the response has already been written.
-pub(super) async fn route(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    let snapshot = shared.snapshot();
+pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let Some(snap) = ctx.snapshot.clone() else {
+        return Error::e_explain(ErrorType::InternalError, "request_filter before identify");
+    };
+    if let Some(err) = check_request(session, &snap.config.client) {
+        if matches!(err, GatewayError::AmbiguousFraming | GatewayError::BodyTooLarge) {
+            // The body is not going to be read: the connection can't be reused.
+            session.set_keepalive(None);
+        }
+        response::respond_error(session, ctx, err).await?;
+        return Ok(true);
+    }
     let req = session.req_header();
     let path = req.uri.path();
     if !routes::path_is_canonical(path) {
@@ -33,20 +59,60 @@ pub(super) async fn route(shared: &Shared, session: &mut Session, ctx: &mut Ctx)
         return Ok(true);
     }
     // RFC 9112 §3.2.2: the authority of an absolute-form target wins over Host.
-    let host = req.uri.host().or_else(|| {
-        req.headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    });
-    match routes::find(&snapshot.config.routes, &req.method, host, path) {
-        Some(i) => {
-            ctx.route = Some(i);
-            ctx.snapshot = Some(snapshot);
-            Ok(false)
-        }
-        None => {
-            response::respond_error(session, ctx, GatewayError::NoRoute).await?;
-            Ok(true)
+    let host = req
+        .uri
+        .host()
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+    let Some(i) = routes::find(&snap.config.routes, &req.method, host, path) else {
+        response::respond_error(session, ctx, GatewayError::NoRoute).await?;
+        return Ok(true);
+    };
+    ctx.route = Some(i);
+    if let Some(allowed) = &snap.config.routes[i].allow_from {
+        if !allowed.iter().any(|n| n.contains(&ctx.client.ip)) {
+            response::respond_error(session, ctx, GatewayError::Forbidden).await?;
+            return Ok(true);
         }
     }
+    Ok(false)
+}
+
+/// Header count and size, declared body size, and framing.
+fn check_request(session: &Session, limits: &crate::config::ClientLimits) -> Option<GatewayError> {
+    let req = session.req_header();
+    if req.headers.len() > limits.max_headers {
+        return Some(GatewayError::TooManyHeaders);
+    }
+    let mut bytes = req.method.as_str().len() + req.raw_path().len() + 12;
+    for (name, value) in &req.headers {
+        bytes += name.as_str().len() + value.len() + 4;
+    }
+    if bytes > limits.max_header_bytes {
+        return Some(GatewayError::HeaderTooLarge);
+    }
+    let te = req.headers.contains_key(header::TRANSFER_ENCODING);
+    let cl = req.headers.get(header::CONTENT_LENGTH);
+    if te && cl.is_some() {
+        return Some(GatewayError::AmbiguousFraming);
+    }
+    if let Some(len) = cl.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
+        if len > limits.max_body_size {
+            return Some(GatewayError::BodyTooLarge);
+        }
+    }
+    None
+}
+
+/// Counts body bytes as they stream and stops at `client.max_body_size` (413).
+pub(super) fn count_body(body: &Option<Bytes>, ctx: &mut Ctx) -> Result<()> {
+    let Some(chunk) = body else { return Ok(()) };
+    ctx.body_bytes += chunk.len() as u64;
+    let max = ctx
+        .snapshot
+        .as_ref()
+        .map_or(u64::MAX, |s| s.config.client.max_body_size);
+    if ctx.body_bytes > max {
+        return Error::e_explain(ErrorType::HTTPStatus(413), "request body over client.max_body_size");
+    }
+    Ok(())
 }

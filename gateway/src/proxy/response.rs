@@ -6,10 +6,12 @@ use pingora::proxy::FailToProxy;
 
 use super::Ctx;
 use crate::error::GatewayError;
+use crate::hop_by_hop;
 use crate::request_id;
 
-/// Headers added to every proxied (or cached) response.
-pub(super) fn prepare_response(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+/// Headers of every proxied (or cached) response: hop-by-hop ones gone, request id set.
+pub(super) fn prepare_response(_session: &Session, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    hop_by_hop::strip_response(resp);
     resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;
     Ok(())
 }

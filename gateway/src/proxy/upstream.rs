@@ -5,6 +5,7 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::Ctx;
+use crate::hop_by_hop;
 use crate::request_id;
 
 /// The next server of the route's upstream, never one this request already failed on.
@@ -29,8 +30,12 @@ pub(super) fn on_connect_failure(ctx: &mut Ctx, peer: &HttpPeer, mut e: Box<Erro
     e
 }
 
-/// Headers the upstream must see.
-pub(super) fn prepare_request(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+/// Headers the upstream must see: hop-by-hop ones gone, forwarding ones set.
+pub(super) fn prepare_request(session: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    if !session.is_upgrade_req() {
+        hop_by_hop::strip_request(req);
+    }
     req.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    ctx.client.set_headers(req, "http")?;
     Ok(())
 }

@@ -1,0 +1,294 @@
+//! Client connection protection that Pingora has no knob for: a cap on open
+//! connections and a deadline for the whole request header block (slowloris).
+//!
+//! [`GuardedApp`] wraps the proxy's `ServerApp`: it counts connections, turns
+//! away those beyond `client.max_connections` with a 503, and hands the rest to
+//! the proxy inside a [`GuardedStream`]. The stream enforces `header_timeout`
+//! from the first byte of a request until the proxy reports the header
+//! complete ([`header_complete`]); after each request ([`request_done`]) the
+//! deadline re-arms on the next request's first byte.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType,
+};
+use pingora::protocols::{ALPN, TimingDigest};
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics;
+use crate::state::Shared;
+
+const ARMED: u8 = 0;
+const DONE: u8 = 1;
+const NEXT: u8 = 2;
+
+/// A downstream connection with a whole-header deadline.
+pub struct GuardedStream {
+    inner: Stream,
+    phase: AtomicU8,
+    header_timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+    _open: OpenConnection,
+}
+
+impl fmt::Debug for GuardedStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedStream").field("inner", &self.inner).finish()
+    }
+}
+
+impl GuardedStream {
+    fn new(inner: Stream, header_timeout: Duration, open: OpenConnection) -> Self {
+        Self {
+            inner,
+            phase: AtomicU8::new(ARMED),
+            header_timeout,
+            deadline: Box::pin(tokio::time::sleep(header_timeout)),
+            _open: open,
+        }
+    }
+
+    /// Best effort: tell the client why the connection closes. Nothing has been
+    /// written during a header phase, so the socket buffer takes it at once.
+    fn write_timeout_answer(&mut self, cx: &mut Context<'_>) {
+        let id = crate::request_id::generate();
+        let body = crate::error::json_error("request header timeout", id.to_str().unwrap_or("-"));
+        let head = format!(
+            "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nCache-Control: no-store\r\nx-request-id: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len(),
+            id.to_str().unwrap_or("-")
+        );
+        let mut msg = head.into_bytes();
+        msg.extend_from_slice(&body);
+        let _ = Pin::new(&mut self.inner).poll_write(cx, &msg);
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+    }
+}
+
+fn guarded(session: &Session) -> Option<&GuardedStream> {
+    session
+        .as_downstream()
+        .stream()?
+        .as_any()
+        .downcast_ref::<GuardedStream>()
+}
+
+/// Called once a request header has been parsed: the deadline stops.
+pub fn header_complete(session: &Session) {
+    if let Some(g) = guarded(session) {
+        g.phase.store(DONE, Ordering::Release);
+    }
+}
+
+/// Called when a request is finished: the next request's first byte re-arms the deadline.
+pub fn request_done(session: &Session) {
+    if let Some(g) = guarded(session) {
+        g.phase.store(NEXT, Ordering::Release);
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match this.phase.load(Ordering::Acquire) {
+            DONE => Pin::new(&mut this.inner).poll_read(cx, buf),
+            NEXT => {
+                let before = buf.filled().len();
+                let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+                if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+                    this.phase.store(ARMED, Ordering::Release);
+                    let at = Instant::now() + this.header_timeout;
+                    this.deadline.as_mut().reset(at);
+                }
+                r
+            }
+            _ => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    metrics::header_timeout();
+                    this.write_timeout_answer(cx);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client.header_timeout: request header not complete in time",
+                    )));
+                }
+                Pin::new(&mut this.inner).poll_read(cx, buf)
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(self.inner.as_mut()).await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// One open downstream connection, counted in the gauge while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    /// Counts a new connection; returns it with the number now open.
+    fn open() -> (Self, i64) {
+        (Self, metrics::connection_opened())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::connection_closed();
+    }
+}
+
+/// The proxy's `ServerApp` behind the connection cap and the header deadline.
+pub struct GuardedApp<A> {
+    inner: Arc<A>,
+    shared: Arc<Shared>,
+}
+
+impl<A> GuardedApp<A> {
+    /// Wraps `inner`; limits come from the current snapshot of `shared`.
+    pub fn new(inner: A, shared: Arc<Shared>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            shared,
+        }
+    }
+}
+
+/// Answer to a connection beyond `client.max_connections`.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 55\r\nRetry-After: 1\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n\
+{\"error\":\"too many open connections\",\"request_id\":\"-\"}\n";
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let limits = self.shared.snapshot().config.client;
+        let (open, count) = OpenConnection::open();
+        if count > limits.max_connections as i64 {
+            metrics::connection_rejected();
+            let _ = tokio::time::timeout(Duration::from_millis(200), stream.write_all(TOO_MANY)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), Shutdown::shutdown(stream.as_mut())).await;
+            drop(open);
+            return None;
+        }
+        let guarded: Stream = Box::new(GuardedStream::new(stream, limits.header_timeout, open));
+        self.inner.process_new(guarded, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canned_answer_declares_its_length() {
+        let text = std::str::from_utf8(TOO_MANY).unwrap();
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body.len(), 55);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "too many open connections");
+    }
+}
