@@ -23,7 +23,7 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType,
 };
-use pingora::protocols::{ALPN, TimingDigest};
+use pingora::protocols::{TimingDigest, ALPN};
 use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -47,7 +47,9 @@ pub struct GuardedStream {
 
 impl fmt::Debug for GuardedStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GuardedStream").field("inner", &self.inner).finish()
+        f.debug_struct("GuardedStream")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
@@ -138,7 +140,11 @@ impl AsyncRead for GuardedStream {
 }
 
 impl AsyncWrite for GuardedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -260,13 +266,22 @@ Content-Length: 55\r\nRetry-After: 1\r\nCache-Control: no-store\r\nConnection: c
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let limits = self.shared.snapshot().config.client;
         let (open, count) = OpenConnection::open();
         if count > limits.max_connections as i64 {
             metrics::connection_rejected();
-            let _ = tokio::time::timeout(Duration::from_millis(200), stream.write_all(TOO_MANY)).await;
-            let _ = tokio::time::timeout(Duration::from_millis(200), Shutdown::shutdown(stream.as_mut())).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), stream.write_all(TOO_MANY)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_millis(200),
+                Shutdown::shutdown(stream.as_mut()),
+            )
+            .await;
             drop(open);
             return None;
         }

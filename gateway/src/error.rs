@@ -19,9 +19,9 @@ pub enum GatewayError {
     /// The request could not be read or is malformed.
     #[error("bad request")]
     BadRequest,
-    /// Both `Content-Length` and `Transfer-Encoding`: hops could read the body differently.
-    #[error("ambiguous request framing (Content-Length with Transfer-Encoding)")]
-    AmbiguousFraming,
+    /// A `Transfer-Encoding` other than exactly `chunked` (RFC 9112 §6.1).
+    #[error("unsupported transfer coding (only chunked is accepted)")]
+    UnsupportedTransferCoding,
     /// The client address is not in the route's `allow_from`.
     #[error("forbidden: this route does not accept requests from your address")]
     Forbidden,
@@ -59,8 +59,9 @@ impl GatewayError {
     pub fn status(self) -> u16 {
         match self {
             Self::NoRoute => 404,
-            Self::BadPath | Self::BadRequest | Self::AmbiguousFraming => 400,
+            Self::BadPath | Self::BadRequest => 400,
             Self::Forbidden => 403,
+            Self::UnsupportedTransferCoding => 501,
             Self::BodyTooLarge => 413,
             Self::TooManyHeaders | Self::HeaderTooLarge => 431,
             Self::NoServer | Self::UpstreamUnavailable | Self::BadUpstreamResponse => 502,
@@ -75,8 +76,8 @@ impl GatewayError {
             Self::NoRoute => "no_route",
             Self::BadPath => "bad_path",
             Self::BadRequest => "bad_request",
-            Self::AmbiguousFraming => "ambiguous_framing",
             Self::Forbidden => "forbidden",
+            Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Self::TooManyHeaders => "too_many_headers",
             Self::HeaderTooLarge => "header_too_large",
             Self::BodyTooLarge => "body_too_large",

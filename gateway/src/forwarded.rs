@@ -67,7 +67,11 @@ impl Client {
     }
 
     /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` on the upstream request.
-    pub fn set_headers(&self, req: &mut RequestHeader, scheme: &'static str) -> pingora::Result<()> {
+    pub fn set_headers(
+        &self,
+        req: &mut RequestHeader,
+        scheme: &'static str,
+    ) -> pingora::Result<()> {
         let keep = self.peer_trusted;
         let host = req.headers.get(http::header::HOST).cloned();
         let peer = self.peer;
@@ -78,7 +82,12 @@ impl Client {
         };
         // Several incoming XFF lines are one list: fold them before appending.
         let xff = if keep && req.headers.get_all(XFF).iter().count() > 1 {
-            let all: Vec<&[u8]> = req.headers.get_all(XFF).iter().map(|v| v.as_bytes()).collect();
+            let all: Vec<&[u8]> = req
+                .headers
+                .get_all(XFF)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
             let mut v = all.join(&b", "[..]);
             v.extend_from_slice(b", ");
             v.extend_from_slice(peer.to_string().as_bytes());
@@ -102,7 +111,9 @@ impl Client {
 
         let mut element = format!("for={}", forwarded_node(peer));
         if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
-            if h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+            if h.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
                 element.push_str(";host=\"");
                 element.push_str(h);
                 element.push('"');
@@ -231,7 +242,10 @@ mod tests {
         let c = client(
             "10.0.0.2:1",
             t,
-            &[(FORWARDED, r#"for="[2001:db8::17]:4711";proto=https, for=10.0.0.3"#)],
+            &[(
+                FORWARDED,
+                r#"for="[2001:db8::17]:4711";proto=https, for=10.0.0.3"#,
+            )],
         );
         assert_eq!(c.ip.to_string(), "2001:db8::17");
         let c = client("10.0.0.2:1", t, &[(FORWARDED, "for=_hidden, for=10.0.0.3")]);
@@ -240,7 +254,11 @@ mod tests {
 
     #[test]
     fn mapped_ipv4_is_ipv4() {
-        let c = client("[::ffff:10.0.0.2]:1", &["10.0.0.0/8"], &[(XFF, "::ffff:1.2.3.4")]);
+        let c = client(
+            "[::ffff:10.0.0.2]:1",
+            &["10.0.0.0/8"],
+            &[(XFF, "::ffff:1.2.3.4")],
+        );
         assert_eq!(c.ip.to_string(), "1.2.3.4");
     }
 }

@@ -71,7 +71,8 @@ mod tests {
     #[test]
     fn connection_listed_fields_go_but_framing_stays() {
         let mut req = RequestHeader::build("POST", b"/", None).unwrap();
-        req.insert_header("connection", "keep-alive, x-secret, content-length").unwrap();
+        req.insert_header("connection", "keep-alive, x-secret, content-length")
+            .unwrap();
         req.insert_header("x-secret", "1").unwrap();
         req.insert_header("keep-alive", "timeout=5").unwrap();
         req.insert_header("te", "trailers").unwrap();

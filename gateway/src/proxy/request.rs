@@ -16,7 +16,9 @@ pub(super) fn prepare_session(session: &mut Session, ctx: &Ctx) {
     // Answer pipelined HTTP/1.1 requests in order (RFC 9112 §9.3.2) instead of
     // dropping the second one with the connection.
     session.as_downstream_mut().set_pipelining_enabled(true);
-    if let Some(snap) = &ctx.snapshot {
+    // Pingora turns keep-alive off for requests that must close the connection
+    // (e.g. Content-Length with Transfer-Encoding, RFC 9112 §6.1): keep it off.
+    if let (Some(snap), Some(_)) = (&ctx.snapshot, session.as_downstream().get_keepalive()) {
         let idle = snap.config.client.keepalive_timeout.as_secs();
         session.set_keepalive((idle > 0).then_some(idle));
     }
@@ -33,7 +35,11 @@ pub(super) fn assign_request_id(session: &Session, ctx: &mut Ctx) {
 pub(super) fn identify(shared: &Shared, session: &Session, ctx: &mut Ctx) {
     let snap = shared.snapshot();
     let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
-    ctx.client = Client::derive(peer, &snap.config.trusted_proxies, &session.req_header().headers);
+    ctx.client = Client::derive(
+        peer,
+        &snap.config.trusted_proxies,
+        &session.req_header().headers,
+    );
     ctx.snapshot = Some(snap);
 }
 
@@ -45,7 +51,10 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
         return Error::e_explain(ErrorType::InternalError, "request_filter before identify");
     };
     if let Some(err) = check_request(session, &snap.config.client) {
-        if matches!(err, GatewayError::AmbiguousFraming | GatewayError::BodyTooLarge) {
+        if matches!(
+            err,
+            GatewayError::BodyTooLarge | GatewayError::UnsupportedTransferCoding
+        ) {
             // The body is not going to be read: the connection can't be reused.
             session.set_keepalive(None);
         }
@@ -77,7 +86,7 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
     Ok(false)
 }
 
-/// Header count and size, declared body size, and framing.
+/// Header count and size, transfer coding, and the declared body size.
 fn check_request(session: &Session, limits: &crate::config::ClientLimits) -> Option<GatewayError> {
     let req = session.req_header();
     if req.headers.len() > limits.max_headers {
@@ -90,12 +99,25 @@ fn check_request(session: &Session, limits: &crate::config::ClientLimits) -> Opt
     if bytes > limits.max_header_bytes {
         return Some(GatewayError::HeaderTooLarge);
     }
-    let te = req.headers.contains_key(header::TRANSFER_ENCODING);
-    let cl = req.headers.get(header::CONTENT_LENGTH);
-    if te && cl.is_some() {
-        return Some(GatewayError::AmbiguousFraming);
+    // Anything but exactly `chunked` could be framed differently by the upstream.
+    let mut codings = req.headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        if codings.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+        {
+            return Some(GatewayError::UnsupportedTransferCoding);
+        }
     }
-    if let Some(len) = cl.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
+    // Content-Length with Transfer-Encoding never gets here: Pingora drops the
+    // Content-Length, reads the chunked body and closes the connection after.
+    let cl = req.headers.get(header::CONTENT_LENGTH);
+    if let Some(len) = cl
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
         if len > limits.max_body_size {
             return Some(GatewayError::BodyTooLarge);
         }
@@ -112,7 +134,10 @@ pub(super) fn count_body(body: &Option<Bytes>, ctx: &mut Ctx) -> Result<()> {
         .as_ref()
         .map_or(u64::MAX, |s| s.config.client.max_body_size);
     if ctx.body_bytes > max {
-        return Error::e_explain(ErrorType::HTTPStatus(413), "request body over client.max_body_size");
+        return Error::e_explain(
+            ErrorType::HTTPStatus(413),
+            "request body over client.max_body_size",
+        );
     }
     Ok(())
 }

@@ -10,7 +10,11 @@ use crate::hop_by_hop;
 use crate::request_id;
 
 /// Headers of every proxied (or cached) response: hop-by-hop ones gone, request id set.
-pub(super) fn prepare_response(_session: &Session, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+pub(super) fn prepare_response(
+    _session: &Session,
+    resp: &mut ResponseHeader,
+    ctx: &Ctx,
+) -> Result<()> {
     hop_by_hop::strip_response(resp);
     resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;
     Ok(())
