@@ -99,6 +99,7 @@ fn server_conf(config: &Config) -> ServerConf {
         pid_file: config.pid_file.display().to_string(),
         upgrade_sock: config.upgrade_sock.display().to_string(),
         upstream_keepalive_pool_size: config.upstream_keepalive_pool_size,
+        work_stealing: false,
         // Listeners keep accepting while draining; then in-flight requests get the rest.
         grace_period_seconds: Some(config.shutdown.drain_delay.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(

@@ -142,6 +142,11 @@ impl ProxyHttp for Gateway {
         response::fail_to_proxy(session, e, ctx).await
     }
 
+    /// A client that goes away mid-request is routine, not an error worth a log line.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        GatewayError::from_pingora(error).is_none()
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         crate::client::request_done(session);
         logging::log_request(session, e, ctx);
