@@ -413,3 +413,23 @@ async fn admin_health_ready_and_metrics() {
     let r = c.post(gw.admin_url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 405);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&one_upstream(&origin, "")).await;
+    for i in 0..20 {
+        // A new client connection each time: only the upstream side is pooled.
+        let r = client()
+            .get(gw.url(&format!("/k{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let n = origin.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        n <= 2,
+        "20 sequential requests used {n} upstream connections"
+    );
+}

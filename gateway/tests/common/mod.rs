@@ -68,6 +68,8 @@ pub struct Origin {
     pub hits: Arc<AtomicUsize>,
     /// What `/health` answers: 200 when true, 503 otherwise.
     pub healthy: Arc<AtomicBool>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     first_chunk: Mutex<mpsc::Receiver<()>>,
@@ -101,14 +103,20 @@ impl Origin {
         let app = Router::new()
             .fallback(any(handle))
             .with_state(state.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counting = CountingListener {
+            inner: listener,
+            accepted: connections.clone(),
+        };
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            axum::serve(counting, app).await.unwrap();
         });
         Origin {
             name,
             addr,
             hits: state.hits,
             healthy: state.healthy,
+            connections,
             seen: state.seen,
             release: state.release,
             first_chunk: Mutex::new(rx),
@@ -142,6 +150,27 @@ impl Origin {
 impl Drop for Origin {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A listener that counts accepted connections.
+struct CountingListener {
+    inner: tokio::net::TcpListener,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let pair = axum::serve::Listener::accept(&mut self.inner).await;
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        pair
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
     }
 }
 
