@@ -6,6 +6,7 @@
 //! | `GET /ready` | open: 200 while serving, 503 once draining; never depends on upstreams |
 //! | `GET /metrics` | open: Prometheus text format |
 //! | `GET /upstreams` | token: servers of every upstream and their health |
+//! | `GET /config` | token: the running configuration (secrets redacted), last reload |
 //!
 //! Token-protected endpoints (`/stats`, `/cache/*`, `/upstreams`, `/config`, ...)
 //! answer with `Authorization: Bearer <token>` checked by [`authorize`].
@@ -72,7 +73,22 @@ impl ServeHttp for AdminApp {
                 }
                 Err(denied) => denied.response(&id),
             },
-            "/health" | "/ready" | "/metrics" | "/upstreams" => Response::builder()
+            "/config" if get => match self.check_token(session) {
+                Ok(()) => {
+                    let snap = self.shared.snapshot();
+                    let body = serde_json::json!({
+                        "file": self.shared.conf_path().display().to_string(),
+                        "config": &snap.config.source,
+                        "last_reload": self.shared.reload_status(),
+                    });
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(serde_json::to_vec(&body).unwrap_or_default())
+                }
+                Err(denied) => denied.response(&id),
+            },
+            "/health" | "/ready" | "/metrics" | "/upstreams" | "/config" => Response::builder()
                 .status(StatusCode::METHOD_NOT_ALLOWED)
                 .header(header::ALLOW, "GET, HEAD")
                 .header(header::CONTENT_TYPE, "application/json")

@@ -12,6 +12,7 @@
 //! - [`forwarded`]: client address and forwarding headers (trusted proxies).
 //! - [`error`]: the gateway's own error answers (JSON with a request id).
 //! - [`metrics`]: Prometheus metrics in the default registry.
+//! - [`lifecycle`]: signals (reload, drain, upgrade), pid file.
 //! - [`server`]: wiring of the Pingora server from a config, and process start.
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod forwarded;
 pub mod hop_by_hop;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod request_id;

@@ -74,6 +74,23 @@ static HEADER_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_config_reloads_total",
+        "Configuration reloads (SIGHUP), by result (success, failure).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+static RELOAD_OK: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "gateway_config_last_reload_successful",
+        "1 when the last reload was applied (or none happened yet), 0 when it was refused."
+    )
+    .expect("metric registers once")
+});
+
 static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = register_int_gauge_vec!("gateway_build_info", "Build information.", &["version"])
         .expect("metric registers once");
@@ -128,6 +145,19 @@ pub fn connection_opened() -> i64 {
     CONNECTIONS.get()
 }
 
+/// Client connections open now.
+pub fn open_connections() -> i64 {
+    CONNECTIONS.get()
+}
+
+/// Counts a reload attempt.
+pub fn reload(ok: bool) {
+    RELOADS
+        .with_label_values(&[if ok { "success" } else { "failure" }])
+        .inc();
+    RELOAD_OK.set(i64::from(ok));
+}
+
 /// Counts a closed connection.
 pub fn connection_closed() {
     CONNECTIONS.dec();
@@ -152,6 +182,8 @@ pub fn init() {
     LazyLock::force(&CONNECTIONS);
     LazyLock::force(&CONNECTIONS_REJECTED);
     LazyLock::force(&HEADER_TIMEOUTS);
+    LazyLock::force(&RELOADS);
+    RELOAD_OK.set(1);
     LazyLock::force(&BUILD_INFO);
     LazyLock::force(&UNROUTED);
 }

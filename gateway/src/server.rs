@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
+
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::cli::Cli;
 use crate::client::GuardedApp;
 use crate::config::{self, Config};
+use crate::lifecycle::{PidFile, Signals};
 use crate::metrics;
 use crate::proxy::Gateway;
 use crate::state::Shared;
@@ -51,10 +53,22 @@ pub fn main(cli: Cli) -> ExitCode {
     }
     exit_on_listener_panic();
     metrics::init();
-    let shared = Shared::new(config);
+    let pid_file = PidFile::new(&config.pid_file);
+    let shared = Shared::new(config, &cli.conf);
     let server = build(&shared, &cli);
+    if !cli.daemon {
+        // Pingora writes it only when daemonising.
+        if let Err(e) = pid_file.write() {
+            eprintln!("cannot write the pid file (pid_file in {}): {e}", cli.conf.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     tracing::info!(conf = %cli.conf.display(), "gateway starting");
-    server.run(RunArgs::default());
+    let signals = Signals::new(shared.clone(), server.watch_execution_phase(), pid_file.clone());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    pid_file.remove();
     ExitCode::SUCCESS
 }
 
@@ -100,16 +114,19 @@ fn server_conf(config: &Config) -> ServerConf {
         upgrade_sock: config.upgrade_sock.display().to_string(),
         upstream_keepalive_pool_size: config.upstream_keepalive_pool_size,
         work_stealing: false,
-        // Listeners keep accepting while draining; then in-flight requests get the rest.
-        grace_period_seconds: Some(config.shutdown.drain_delay.as_secs_f64().ceil() as u64),
-        graceful_shutdown_timeout_seconds: Some(
+        // Our signal watcher spends the drain delay before Pingora's shutdown
+        // starts; in-flight requests then get the rest of the grace period (the
+        // process exits earlier once no connection is left), and the last second
+        // is for the runtimes to stop.
+        grace_period_seconds: Some(
             config
                 .shutdown
                 .grace_period
-                .saturating_sub(config.shutdown.drain_delay)
                 .as_secs()
-                .max(1),
+                .saturating_sub(config.shutdown.drain_delay.as_secs_f64().ceil() as u64)
+                .saturating_sub(1),
         ),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     }
 }

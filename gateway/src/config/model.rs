@@ -21,7 +21,7 @@ pub const PINGORA_MAX_HEADER_BYTES: u64 = 1024 * 1024;
 pub const PINGORA_MAX_HEADERS: usize = 256;
 
 /// The validated gateway configuration: one immutable snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Main listener.
     pub listen: SocketAddr,
@@ -49,10 +49,12 @@ pub struct Config {
     pub cache: Cache,
     /// Routes in file order (first match wins).
     pub routes: Vec<Route>,
+    /// The file as parsed (defaults filled in, secrets redacted), for `GET /config`.
+    pub source: RawConfig,
 }
 
 /// `shutdown:` with whole-second durations where Pingora counts seconds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shutdown {
     /// Time `/ready` says 503 while listeners still accept.
     pub drain_delay: Duration,
@@ -61,7 +63,7 @@ pub struct Shutdown {
 }
 
 /// `client:`
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClientLimits {
     /// Open downstream connections at most.
     pub max_connections: usize,
@@ -78,7 +80,7 @@ pub struct ClientLimits {
 }
 
 /// `admin:`
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Admin {
     /// Admin listener.
     pub listen: SocketAddr,
@@ -107,7 +109,7 @@ pub enum LogTarget {
 }
 
 /// `access_log:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessLog {
     /// Whether lines are written.
     pub enabled: bool,
@@ -125,7 +127,7 @@ pub struct Server {
 }
 
 /// `upstreams.<name>:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// The key in `upstreams`.
     pub name: String,
@@ -148,7 +150,7 @@ pub struct Upstream {
 }
 
 /// `health_check:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     /// Path requested.
     pub path: String,
@@ -163,7 +165,7 @@ pub struct HealthCheck {
 }
 
 /// `breaker:`
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Breaker {
     /// Failures in a row that open it.
     pub consecutive_failures: NonZeroU32,
@@ -172,7 +174,7 @@ pub struct Breaker {
 }
 
 /// `cache:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cache {
     /// Byte bound of the whole cache.
     pub max_size: u64,
@@ -192,7 +194,7 @@ pub enum HostMatch {
 }
 
 /// `routes[i].match:`, compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteMatch {
     /// Prefix without trailing slash (`/` stays `/`).
     pub path_prefix: String,
@@ -203,7 +205,7 @@ pub struct RouteMatch {
 }
 
 /// `routes[i].cache:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteCache {
     /// Heuristic freshness lifetime where RFC 9111 allows one.
     pub default_ttl: Option<Duration>,
@@ -214,7 +216,7 @@ pub struct RouteCache {
 }
 
 /// `routes[i].limits.queue:`
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Queue {
     /// Waiting requests at most.
     pub max_len: u32,
@@ -223,7 +225,7 @@ pub struct Queue {
 }
 
 /// `routes[i].limits.rate:`
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
     /// Sustained rate per client.
     pub per_client: RateSpec,
@@ -232,7 +234,7 @@ pub struct Rate {
 }
 
 /// `routes[i].limits:`
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteLimits {
     /// Route-wide in-flight cap.
     pub max_inflight: Option<NonZeroU32>,
@@ -243,7 +245,7 @@ pub struct RouteLimits {
 }
 
 /// `routes[i]:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Unique name (metrics label).
     pub name: String,
@@ -328,6 +330,10 @@ fn parse_net(s: &str) -> Option<IpNet> {
 /// Checks a parsed file and builds the internal [`Config`], or lists every problem.
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
     let mut c = Checker::default();
+    let mut source = raw.clone();
+    if source.admin.token.is_some() {
+        source.admin.token = Some("<redacted>".into());
+    }
 
     let listen = c.addr("listen", &raw.listen);
     if raw.upstream_keepalive_pool_size == 0 {
@@ -473,6 +479,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
         upstreams,
         cache,
         routes,
+        source,
     })
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
     /// Main (public) listener, `host:port`. Needs a restart to change.
@@ -65,7 +65,7 @@ impl Default for RawConfig {
 }
 
 /// `shutdown:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawShutdown {
     /// After SIGTERM, how long listeners keep accepting while `/ready` says 503.
@@ -86,7 +86,7 @@ impl Default for RawShutdown {
 }
 
 /// `client:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawClient {
     /// Open downstream connections at most.
@@ -119,7 +119,7 @@ impl Default for RawClient {
 }
 
 /// `admin:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawAdmin {
     /// Admin listener, `host:port` (loopback by default).
@@ -141,7 +141,7 @@ impl Default for RawAdmin {
 }
 
 /// `access_log:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawAccessLog {
     /// Whether one JSON line per request is written.
@@ -160,7 +160,7 @@ impl Default for RawAccessLog {
 }
 
 /// `upstreams.<name>:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawUpstream {
     /// `host:port` of each server; names are resolved at load.
@@ -200,7 +200,7 @@ impl Default for RawUpstream {
 }
 
 /// `upstreams.<name>.health_check:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawHealthCheck {
     /// Path requested with `GET`; a 2xx answer means healthy.
@@ -230,7 +230,7 @@ impl Default for RawHealthCheck {
 }
 
 /// `upstreams.<name>.limits:`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawUpstreamLimits {
     /// Requests in flight to this upstream at most.
@@ -238,7 +238,7 @@ pub struct RawUpstreamLimits {
 }
 
 /// `upstreams.<name>.breaker:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawBreaker {
     /// Failures in a row that open the breaker.
@@ -258,7 +258,7 @@ impl Default for RawBreaker {
 }
 
 /// `cache:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawCache {
     /// Memory bound of the whole cache (headers + bodies + overhead).
@@ -280,7 +280,7 @@ impl Default for RawCache {
 }
 
 /// `routes[i]:`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawRoute {
     /// Unique name; it is the metrics label and the log field.
@@ -299,7 +299,7 @@ pub struct RawRoute {
 }
 
 /// `routes[i].match:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawMatch {
     /// Whole-segment path prefix, starting with `/`.
@@ -321,7 +321,7 @@ impl Default for RawMatch {
 }
 
 /// `routes[i].cache:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawRouteCache {
     /// Whether responses of this route are stored.
@@ -349,7 +349,7 @@ impl Default for RawRouteCache {
 }
 
 /// `routes[i].limits:`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawRouteLimits {
     /// Requests of this route in flight to the upstream at most.
@@ -361,7 +361,7 @@ pub struct RawRouteLimits {
 }
 
 /// `routes[i].limits.queue:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawQueue {
     /// Waiting requests at most.
@@ -381,7 +381,7 @@ impl Default for RawQueue {
 }
 
 /// `routes[i].limits.rate:`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawRate {
     /// Sustained rate per client address, `N/s`, `N/m` or `N/h`.

@@ -87,7 +87,7 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         request::identify(&self.shared, session, ctx);
-        request::prepare_session(session, ctx);
+        request::prepare_session(&self.shared, session, ctx);
         request::assign_request_id(session, ctx);
         Ok(())
     }

@@ -12,7 +12,7 @@ use crate::routes;
 use crate::state::Shared;
 
 /// Per-connection settings that must be in place before anything is read or written.
-pub(super) fn prepare_session(session: &mut Session, ctx: &Ctx) {
+pub(super) fn prepare_session(shared: &Shared, session: &mut Session, ctx: &Ctx) {
     // Answer pipelined HTTP/1.1 requests in order (RFC 9112 §9.3.2) instead of
     // dropping the second one with the connection.
     session.as_downstream_mut().set_pipelining_enabled(true);
@@ -21,6 +21,10 @@ pub(super) fn prepare_session(session: &mut Session, ctx: &Ctx) {
     if let (Some(snap), Some(_)) = (&ctx.snapshot, session.as_downstream().get_keepalive()) {
         let idle = snap.config.client.keepalive_timeout.as_secs();
         session.set_keepalive((idle > 0).then_some(idle));
+    }
+    // Stopping or handing over: move clients off this process's connections.
+    if shared.is_closing() {
+        session.set_keepalive(None);
     }
     crate::client::header_complete(session);
 }

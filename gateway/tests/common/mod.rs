@@ -256,6 +256,8 @@ impl Gateway {
             let mut child = Command::new(gateway_bin())
                 .arg("-c")
                 .arg(&conf)
+                .env("GATEWAY_PID_FILE", dir.path().join("gateway.pid"))
+                .env("GATEWAY_UPGRADE_SOCK", dir.path().join("upgrade.sock"))
                 .envs(env.iter().copied())
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
