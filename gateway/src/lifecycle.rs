@@ -31,7 +31,11 @@ pub struct Signals {
 
 impl Signals {
     /// A watcher over `shared`; `phases` comes from `Server::watch_execution_phase`.
-    pub fn new(shared: Arc<Shared>, phases: broadcast::Receiver<ExecutionPhase>, pid_file: PidFile) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        phases: broadcast::Receiver<ExecutionPhase>,
+        pid_file: PidFile,
+    ) -> Self {
         Self {
             shared,
             phases: std::sync::Mutex::new(Some(phases)),

@@ -59,12 +59,19 @@ pub fn main(cli: Cli) -> ExitCode {
     if !cli.daemon {
         // Pingora writes it only when daemonising.
         if let Err(e) = pid_file.write() {
-            eprintln!("cannot write the pid file (pid_file in {}): {e}", cli.conf.display());
+            eprintln!(
+                "cannot write the pid file (pid_file in {}): {e}",
+                cli.conf.display()
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     }
     tracing::info!(conf = %cli.conf.display(), "gateway starting");
-    let signals = Signals::new(shared.clone(), server.watch_execution_phase(), pid_file.clone());
+    let signals = Signals::new(
+        shared.clone(),
+        server.watch_execution_phase(),
+        pid_file.clone(),
+    );
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });

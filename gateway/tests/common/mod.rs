@@ -231,6 +231,7 @@ pub struct Gateway {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -271,6 +272,10 @@ impl Gateway {
                         listen,
                         admin,
                         dir,
+                        env: env
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
                     }
                 }
                 Err(()) => {
@@ -432,5 +437,148 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl Gateway {
+    /// The configuration file the gateway was started with (rewrite it, then SIGHUP).
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.yaml")
+    }
+
+    /// Replaces the configuration file atomically (`{listen}`/`{admin}` filled in).
+    pub fn write_conf(&self, yaml: &str) {
+        let text = yaml
+            .replace("{listen}", &self.listen.to_string())
+            .replace("{admin}", &self.admin.to_string());
+        let tmp = self.dir.path().join("gateway.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.conf_path()).unwrap();
+    }
+
+    /// The pid file the gateway writes.
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("gateway.pid")
+    }
+
+    /// The upgrade socket path.
+    pub fn upgrade_sock(&self) -> PathBuf {
+        self.dir.path().join("upgrade.sock")
+    }
+
+    /// Sends `sig` (e.g. `HUP`) to the gateway process.
+    pub fn signal(&self, sig: &str) {
+        signal_pid(self.child.id(), sig);
+    }
+
+    /// Waits for the process to exit; panics after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit within {within:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts a second gateway with `-u` on the same configuration, pid file and
+    /// upgrade socket: it takes the listeners over once the first gets SIGQUIT.
+    pub fn spawn_upgrade(&self) -> Child {
+        let log = std::fs::File::create(self.dir.path().join("stderr-new.log")).unwrap();
+        Command::new(gateway_bin())
+            .arg("-u")
+            .arg("-c")
+            .arg(self.conf_path())
+            .env("GATEWAY_PID_FILE", self.pid_file())
+            .env("GATEWAY_UPGRADE_SOCK", self.upgrade_sock())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the new gateway")
+    }
+}
+
+/// `kill -SIG pid`
+pub fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// Steady keep-alive load: `clients` connections each sending requests back to
+/// back, every `slow_every`-th one to `/slow/<slow_ms>`.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<LoadStats>>,
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    /// Requests answered 200.
+    pub ok: usize,
+    /// Requests that failed: a non-200 answer, or no answer at all.
+    pub failed: Vec<String>,
+}
+
+impl Load {
+    pub fn start(base: String, clients: usize, slow_every: usize, slow_ms: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|c| {
+                let stop = stop.clone();
+                let base = base.clone();
+                tokio::spawn(async move {
+                    let http = client();
+                    let mut stats = LoadStats::default();
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        i += 1;
+                        let path = if slow_every > 0 && i % slow_every == 0 {
+                            format!("/slow/{slow_ms}")
+                        } else {
+                            format!("/load/{c}/{i}")
+                        };
+                        match http.get(format!("{base}{path}")).send().await {
+                            Ok(r) if r.status() == 200 => match r.bytes().await {
+                                Ok(_) => stats.ok += 1,
+                                Err(e) => stats.failed.push(format!("{path}: body: {e}")),
+                            },
+                            Ok(r) => stats.failed.push(format!("{path}: status {}", r.status())),
+                            Err(e) => stats.failed.push(format!("{path}: {e:?}")),
+                        }
+                    }
+                    stats
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops sending and returns the totals once every in-flight request is done.
+    pub async fn stop(self) -> LoadStats {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = LoadStats::default();
+        for t in self.tasks {
+            let s = tokio::time::timeout(WAIT, t)
+                .await
+                .expect("load stopped in time")
+                .unwrap();
+            total.ok += s.ok;
+            total.failed.extend(s.failed);
+        }
+        total
     }
 }
