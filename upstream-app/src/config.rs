@@ -15,15 +15,103 @@ use serde::{Deserialize, Serialize};
 pub struct RawConfig {
     /// Listen address, IP:port. `PORT` overrides the port.
     pub listen: String,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_size: usize,
     /// Redis connection and pool.
     pub redis: RawRedis,
+    /// Sessions and password hashing.
+    pub auth: RawAuth,
+    /// Item routes.
+    pub items: RawItems,
+    /// Background job queue.
+    pub jobs: RawJobs,
 }
 
 impl Default for RawConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:5000".into(),
+            max_body_size: 64 * 1024,
             redis: RawRedis::default(),
+            auth: RawAuth::default(),
+            items: RawItems::default(),
+            jobs: RawJobs::default(),
+        }
+    }
+}
+
+/// `auth:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    /// Lifetime of a login token.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Password hashes computed at the same time at most (each takes a blocking thread).
+    pub hash_concurrency: usize,
+    /// Longest wait for a hashing slot before 503.
+    #[serde(with = "humantime_serde")]
+    pub hash_wait: Duration,
+    /// Argon2id memory cost in KiB.
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    pub argon2_iterations: u32,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(3600),
+            hash_concurrency: 2,
+            hash_wait: Duration::from_secs(5),
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+        }
+    }
+}
+
+/// `items:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawItems {
+    /// `max-age` of public item responses.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Page size when `limit` is not given.
+    pub default_limit: usize,
+    /// Largest `limit` accepted.
+    pub max_limit: usize,
+}
+
+impl Default for RawItems {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(30),
+            default_limit: 20,
+            max_limit: 100,
+        }
+    }
+}
+
+/// `jobs:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawJobs {
+    /// Worker tasks draining the queue.
+    pub workers: usize,
+    /// Jobs waiting at most (503 + Retry-After beyond).
+    pub queue_size: usize,
+    /// How long a finished job's result is kept.
+    #[serde(with = "humantime_serde")]
+    pub result_ttl: Duration,
+}
+
+impl Default for RawJobs {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            queue_size: 100,
+            result_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -63,8 +151,16 @@ impl Default for RawRedis {
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Largest request body.
+    pub max_body_size: usize,
     /// Redis settings.
     pub redis: Redis,
+    /// Auth settings (checked).
+    pub auth: RawAuth,
+    /// Item settings (checked).
+    pub items: RawItems,
+    /// Job settings (checked).
+    pub jobs: RawJobs,
 }
 
 /// Validated `redis:`.
@@ -97,7 +193,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     let mut fig = Figment::new()
         .merge(Yaml::file_exact(path))
-        .merge(Env::prefixed("APP_").split("__"));
+        .merge(env_provider());
     let file = path.display().to_string();
     if let Ok(port) = std::env::var("PORT") {
         let port: u16 = port.parse().map_err(|_| {
@@ -111,6 +207,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         fig = fig.merge(Serialized::default("listen", addr.to_string()));
     }
     validate(extract(&fig, &file)?, &file)
+}
+
+/// `APP_*` variables: `__` nests (`APP_REDIS__URL`), and `APP_REDIS_<KEY>`,
+/// `APP_AUTH_<KEY>`, `APP_ITEMS_<KEY>`, `APP_JOBS_<KEY>` address a block's key
+/// too (`APP_REDIS_URL`).
+fn env_provider() -> Env {
+    Env::prefixed("APP_").map(|key| {
+        let k = key.as_str().to_ascii_lowercase().replace("__", ".");
+        for block in ["redis_", "auth_", "items_", "jobs_"] {
+            if let Some(rest) = k.strip_prefix(block) {
+                return format!("{}.{rest}", &block[..block.len() - 1]).into();
+            }
+        }
+        k.into()
+    })
 }
 
 /// Builds a config from YAML text only (no environment): the seam tests use.
@@ -154,7 +265,7 @@ fn parse_listen(s: &str, file: &str) -> Result<SocketAddr, ConfigError> {
 
 fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     let listen = parse_listen(&raw.listen, file)?;
-    let r = raw.redis;
+    let r = raw.redis.clone();
     let bad = |key: &str, msg: &str| ConfigError(format!("{file}: redis.{key}: {msg}"));
     if redis::parse_redis_url(&r.url).is_none() {
         return Err(bad(
@@ -174,8 +285,43 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     if r.command_timeout.is_zero() {
         return Err(bad("command_timeout", "must be > 0"));
     }
+    let bad_at = |key: &str, msg: &str| ConfigError(format!("{file}: {key}: {msg}"));
+    if raw.max_body_size == 0 {
+        return Err(bad_at("max_body_size", "must be > 0"));
+    }
+    let a = &raw.auth;
+    if a.token_ttl.is_zero() {
+        return Err(bad_at("auth.token_ttl", "must be > 0"));
+    }
+    if a.hash_concurrency == 0 {
+        return Err(bad_at("auth.hash_concurrency", "must be > 0"));
+    }
+    if a.argon2_memory_kib < 8 || a.argon2_iterations == 0 {
+        return Err(bad_at(
+            "auth.argon2_memory_kib",
+            "argon2 needs at least 8 KiB and 1 iteration",
+        ));
+    }
+    let i = &raw.items;
+    if i.default_limit == 0 || i.default_limit > i.max_limit {
+        return Err(bad_at(
+            "items.default_limit",
+            "must be between 1 and items.max_limit",
+        ));
+    }
+    let j = &raw.jobs;
+    if j.workers == 0 {
+        return Err(bad_at("jobs.workers", "must be > 0"));
+    }
+    if j.queue_size == 0 {
+        return Err(bad_at("jobs.queue_size", "must be > 0"));
+    }
     Ok(Config {
         listen,
+        max_body_size: raw.max_body_size,
+        auth: raw.auth,
+        items: raw.items,
+        jobs: raw.jobs,
         redis: Redis {
             url: r.url,
             max_size: r.max_size,

@@ -36,15 +36,18 @@ async fn health_reports_redis_and_survives_an_outage() {
     assert_eq!(v["request_id"], "rid-7");
     assert!(started.elapsed() < WAIT, "bounded wait");
 
-    // Redis back on the same port: served again without a restart.
+    // Redis back on the same port: served again within a second, without a restart.
     let _redis = RedisServer::start_on(Some(redis.port)).await;
-    let deadline = Instant::now() + WAIT;
+    let back = Instant::now();
     loop {
         let r = c.get(app.url("/performance/health")).send().await.unwrap();
         if r.status() == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "app never recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "app did not recover within 1s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -139,3 +139,83 @@ impl Drop for App {
         }
     }
 }
+
+/// A test configuration against `redis`, with cheap password hashing.
+pub fn config(redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "redis: {{ url: \"{}\", connection_timeout: 300ms, command_timeout: 300ms }}\n\
+         auth: {{ argon2_memory_kib: 1024, argon2_iterations: 1 }}\n{extra}",
+        redis.url()
+    )
+}
+
+/// A JSON client for the app.
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Api {
+    pub fn new(app: &App) -> Api {
+        Api {
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+            base: format!("http://{}", app.addr),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut r = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut r = self.http.get(self.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// Registers `name` (email `name@example.com`, password `password-<name>`) and logs in.
+    pub async fn user(&self, name: &str) -> String {
+        let r = self
+            .post(
+                "/auth/register",
+                serde_json::json!({ "username": name, "email": format!("{name}@example.com"), "password": format!("password-{name}") }),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let r = self
+            .post(
+                "/auth/login",
+                serde_json::json!({ "username": name, "password": format!("password-{name}") }),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Checks the JSON error shape and returns the body.
+pub async fn error_body(r: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(r.status(), status);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["error"].is_string(), "{v}");
+    assert!(v["request_id"].is_string(), "{v}");
+    v
+}
