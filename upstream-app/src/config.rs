@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct RawConfig {
     /// Listen address, IP:port. `PORT` overrides the port.
     pub listen: String,
-    /// Largest request body accepted (413 beyond).
+    /// Largest request body accepted (413 beyond): `64KiB`, `1MiB` or bytes.
+    #[serde(deserialize_with = "size", serialize_with = "serialize_size")]
     pub max_body_size: usize,
     /// Redis connection and pool.
     pub redis: RawRedis,
@@ -38,6 +39,31 @@ impl Default for RawConfig {
             jobs: RawJobs::default(),
         }
     }
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Bytes(usize),
+        Text(String),
+    }
+    match Repr::deserialize(d)? {
+        Repr::Bytes(n) => Ok(n),
+        Repr::Text(s) => s
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64() as usize)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?}: expected e.g. 64KiB, 1MiB or bytes"
+                ))
+            }),
+    }
+}
+
+fn serialize_size<S: serde::Serializer>(v: &usize, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(*v as u64)
 }
 
 /// `auth:`

@@ -102,6 +102,48 @@ impl IntoResponse for AppError {
     }
 }
 
+/// `Path<T>` whose rejections are [`AppError`]s (400 JSON).
+pub struct AppPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for AppPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|e| AppError::BadRequest(e.body_text()))
+    }
+}
+
+/// `Query<T>` whose rejections are [`AppError`]s (400 JSON).
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for AppQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| AppError::BadRequest(e.body_text()))
+    }
+}
+
 /// `Json<T>` whose rejections are [`AppError`]s (413, 400, 422).
 pub struct AppJson<T>(pub T);
 

@@ -8,14 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{hex, AuthUser};
-use crate::error::{AppError, AppJson};
+use crate::error::{AppError, AppJson, AppPath, AppQuery};
 use crate::AppState;
 
 const INDEX: &str = "app:items";
@@ -162,7 +162,7 @@ fn not_modified(req: &HeaderMap, etag: &str, last_modified: SystemTime) -> bool 
 /// `GET /items/{id}`
 pub async fn get_one(
     State(st): State<AppState>,
-    Path(id): Path<u64>,
+    AppPath(id): AppPath<u64>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let item = load(&st, id).await?.ok_or(AppError::NotFound)?;
@@ -186,7 +186,7 @@ pub struct ListQuery {
 /// `GET /items?limit=&cursor=`: oldest first; `next_cursor` continues after the last item.
 pub async fn list(
     State(st): State<AppState>,
-    Query(q): Query<ListQuery>,
+    AppQuery(q): AppQuery<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let cfg = &st.config.items;
@@ -351,7 +351,7 @@ fn owner_outcome(code: i64) -> Result<(), AppError> {
 /// `PUT /items/{id}` (auth, owner only).
 pub async fn update(
     State(st): State<AppState>,
-    Path(id): Path<u64>,
+    AppPath(id): AppPath<u64>,
     user: AuthUser,
     AppJson(input): AppJson<ItemInput>,
 ) -> Result<Response, AppError> {
@@ -384,7 +384,7 @@ pub async fn update(
 /// `DELETE /items/{id}` (auth, owner only) → 204.
 pub async fn delete(
     State(st): State<AppState>,
-    Path(id): Path<u64>,
+    AppPath(id): AppPath<u64>,
     user: AuthUser,
 ) -> Result<StatusCode, AppError> {
     let ms = now_ms();

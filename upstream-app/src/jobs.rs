@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::auth::AuthUser;
-use crate::error::AppError;
+use crate::error::{AppError, AppPath};
 use crate::{metrics, AppState};
 
 /// Where a job is.
@@ -213,7 +213,7 @@ pub async fn export(State(st): State<AppState>, user: AuthUser) -> Result<Respon
 /// `GET /jobs/{id}` (auth, owner only): status and, when done, the result.
 pub async fn status(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     user: AuthUser,
 ) -> Result<Response, AppError> {
     let job = st.jobs.get(&id).ok_or(AppError::NotFound)?;

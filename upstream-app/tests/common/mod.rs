@@ -114,13 +114,28 @@ pub struct App {
 impl App {
     /// Starts the app with `yaml` as its configuration.
     pub async fn start(yaml: &str) -> App {
+        Self::start_with(yaml, true).await
+    }
+
+    /// Starts the app; without workers, jobs stay queued (to fill the queue).
+    pub async fn start_with(yaml: &str, workers: bool) -> App {
+        upstream_app::metrics::init();
         let config = upstream_app::config::from_yaml_str(yaml).expect("valid test config");
+        let state = upstream_app::AppState::new(config).unwrap();
+        if workers {
+            upstream_app::jobs::spawn_workers(&state);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(upstream_app::serve(config, listener, async {
-            let _ = rx.await;
-        }));
+        let app = upstream_app::router(state);
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+        });
         App {
             addr,
             stop: Some(tx),
