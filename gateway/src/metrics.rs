@@ -6,6 +6,7 @@
 
 use std::sync::LazyLock;
 
+use crate::cache::CacheOutcome;
 use prometheus::{
     register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
@@ -91,6 +92,49 @@ static RELOAD_OK: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_cache_requests_total",
+        "Requests on caching routes, by route and cache outcome.",
+        &["route", "cache"]
+    )
+    .expect("metric registers once")
+});
+
+static CACHE_STORES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_cache_stores_total",
+        "Responses written to the cache."
+    )
+    .expect("metric registers once")
+});
+
+static CACHE_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_cache_evictions_total",
+        "Entries evicted to keep the cache under cache.max_size."
+    )
+    .expect("metric registers once")
+});
+
+static CACHE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("gateway_cache_entries", "Responses stored now.")
+        .expect("metric registers once")
+});
+
+static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "gateway_cache_bytes",
+        "Bytes accounted by the cache now (bodies, headers, per-entry overhead)."
+    )
+    .expect("metric registers once")
+});
+
+static CACHE_CAPACITY: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("gateway_cache_capacity_bytes", "cache.max_size.")
+        .expect("metric registers once")
+});
+
 static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = register_int_gauge_vec!("gateway_build_info", "Build information.", &["version"])
         .expect("metric registers once");
@@ -102,16 +146,24 @@ static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub struct RouteMetrics {
     name: String,
     by_class: [IntCounter; 5],
+    by_cache: [IntCounter; 7],
 }
 
 impl RouteMetrics {
     /// Resolves the handles for route `name`.
     pub fn new(name: &str) -> Self {
         let c = |class| REQUESTS.with_label_values(&[name, class]);
+        let o = |outcome: CacheOutcome| CACHE_REQUESTS.with_label_values(&[name, outcome.label()]);
         Self {
             name: name.to_owned(),
             by_class: [c("1xx"), c("2xx"), c("3xx"), c("4xx"), c("5xx")],
+            by_cache: CacheOutcome::ALL.map(o),
         }
+    }
+
+    /// Counts one request's cache outcome.
+    pub fn cache(&self, outcome: CacheOutcome) {
+        self.by_cache[outcome as usize].inc();
     }
 
     /// Counts one answered request.
@@ -173,6 +225,16 @@ pub fn header_timeout() {
     HEADER_TIMEOUTS.inc();
 }
 
+/// Counts a response written to the cache.
+pub fn cache_store() {
+    CACHE_STORES.inc();
+}
+
+/// Counts an eviction.
+pub fn cache_eviction() {
+    CACHE_EVICTIONS.inc();
+}
+
 /// Registers everything so that the first scrape already lists every family.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -183,6 +245,12 @@ pub fn init() {
     LazyLock::force(&CONNECTIONS_REJECTED);
     LazyLock::force(&HEADER_TIMEOUTS);
     LazyLock::force(&RELOADS);
+    LazyLock::force(&CACHE_REQUESTS);
+    LazyLock::force(&CACHE_STORES);
+    LazyLock::force(&CACHE_EVICTIONS);
+    LazyLock::force(&CACHE_ENTRIES);
+    LazyLock::force(&CACHE_BYTES);
+    LazyLock::force(&CACHE_CAPACITY);
     RELOAD_OK.set(1);
     LazyLock::force(&BUILD_INFO);
     LazyLock::force(&UNROUTED);
@@ -190,6 +258,11 @@ pub fn init() {
 
 /// The default registry in Prometheus text format.
 pub fn render() -> Vec<u8> {
+    if let Some(store) = crate::cache::store() {
+        CACHE_ENTRIES.set(store.len() as i64);
+        CACHE_BYTES.set(store.weight() as i64);
+        CACHE_CAPACITY.set(store.capacity() as i64);
+    }
     let mut buf = Vec::with_capacity(16 * 1024);
     // Encoding into a Vec cannot fail on I/O; a metric family error would be a bug.
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);

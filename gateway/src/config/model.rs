@@ -213,6 +213,10 @@ pub struct RouteCache {
     pub stale_while_revalidate: Option<Duration>,
     /// Default SIE window.
     pub stale_if_error: Option<Duration>,
+    /// Store responses with `Set-Cookie`.
+    pub cache_set_cookie: bool,
+    /// Pass `Surrogate-Key` / `Cache-Tag` on to clients.
+    pub keep_surrogate_keys: bool,
 }
 
 /// `routes[i].limits.queue:`
@@ -746,6 +750,8 @@ fn route(
             default_ttl: rc.default_ttl,
             stale_while_revalidate: rc.stale_while_revalidate,
             stale_if_error: rc.stale_if_error,
+            cache_set_cookie: rc.cache_set_cookie,
+            keep_surrogate_keys: rc.keep_surrogate_keys,
         });
 
     let rl = &rr.limits;

@@ -335,6 +335,10 @@ pub struct RawRouteCache {
     /// Default `stale-if-error` window.
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Option<Duration>,
+    /// Store responses that carry `Set-Cookie` (and the cookie with them).
+    pub cache_set_cookie: bool,
+    /// Pass `Surrogate-Key` / `Cache-Tag` from the origin on to clients.
+    pub keep_surrogate_keys: bool,
 }
 
 impl Default for RawRouteCache {
@@ -344,6 +348,8 @@ impl Default for RawRouteCache {
             default_ttl: None,
             stale_while_revalidate: None,
             stale_if_error: None,
+            cache_set_cookie: false,
+            keep_surrogate_keys: false,
         }
     }
 }

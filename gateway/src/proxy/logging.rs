@@ -15,6 +15,9 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
     if status > 0 {
         metrics.request(status);
     }
+    if let Some(outcome) = ctx.cache.outcome {
+        metrics.cache(outcome);
+    }
     if let Some(err) = ctx.error {
         metrics.error(err.kind());
     }

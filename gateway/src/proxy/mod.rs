@@ -5,6 +5,7 @@
 //! retries), [`response`] (headers to the client, error responses) and
 //! [`logging`] (metrics at the end of each request).
 
+mod cache;
 mod logging;
 mod request;
 mod response;
@@ -14,6 +15,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::HeaderValue;
+use pingora::cache::key::HashBinary;
+use pingora::cache::storage::HitHandler;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
@@ -51,6 +55,19 @@ pub struct Ctx {
     failed_servers: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// Set when the gateway answered with its own error.
     error: Option<GatewayError>,
+    /// What the cache did.
+    cache: CacheCtx,
+}
+
+/// Per-request cache state.
+#[derive(Default)]
+pub struct CacheCtx {
+    /// The route caches and the request method may be served from cache.
+    enabled: bool,
+    /// The upstream response was judged storable.
+    stored: bool,
+    /// The outcome reported in the headers.
+    outcome: Option<crate::cache::CacheOutcome>,
 }
 
 impl Ctx {
@@ -82,6 +99,7 @@ impl ProxyHttp for Gateway {
             body_bytes: 0,
             failed_servers: Vec::new(),
             error: None,
+            cache: CacheCtx::default(),
         }
     }
 
@@ -104,6 +122,44 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         request::count_body(body, ctx)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        cache::enable(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, _ctx: &mut Ctx) -> Result<CacheKey> {
+        Ok(cache::key(session))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(cache::storable(session, resp, ctx))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(cache::on_hit(session, meta))
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -135,7 +191,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        response::prepare_response(session, upstream_response, ctx)
+        response::prepare_response(session, upstream_response, ctx)?;
+        cache::annotate(session, upstream_response, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -59,6 +59,7 @@ pub struct Seen {
 /// - `/slow/<ms>`: answers after `ms` milliseconds.
 /// - `/stream`: sends `first`, then waits for [`Origin::release`], then `last`.
 /// - `/upload`: reads the body; signals [`Origin::first_chunk`] on its first chunk.
+/// - `/resp...?status=&size=&h=Name:Value`: a scripted response (see [`percent_decode`]).
 /// - `/health`: 200 or 503 as [`Origin::healthy`] says (not counted in `hits`).
 /// - anything else: `200` with `x-origin: <name>` and the request line as body.
 pub struct Origin {
@@ -153,6 +154,57 @@ impl Drop for Origin {
     }
 }
 
+/// `/resp...?status=200&size=10&h=Name:Value&...`: a response built from the query
+/// (percent-decoded), its body `size` bytes of `x`.
+async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
+    let mut status = 200u16;
+    let mut size = 5usize;
+    let mut headers = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match k {
+            "status" => status = v.parse().unwrap(),
+            "size" => size = v.parse().unwrap(),
+            "h" => {
+                let (name, value) = v.split_once(':').unwrap();
+                headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
+            _ => {}
+        }
+    }
+    s.seen.lock().await.push(seen);
+    let mut resp = Response::new(Body::from(vec![b'x'; size]));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    for (k, v) in headers {
+        resp.headers_mut().append(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    resp.headers_mut()
+        .insert("x-origin", s.name.parse().unwrap());
+    resp
+}
+
+/// `%XX` decoding for test URLs.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
 /// A listener that counts accepted connections.
 struct CountingListener {
     inner: tokio::net::TcpListener,
@@ -197,6 +249,9 @@ async fn handle(State(s): State<OriginState>, req: Request) -> Response {
         s.seen.lock().await.push(seen);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return (StatusCode::OK, "slow done").into_response();
+    }
+    if path.starts_with("/resp") {
+        return scripted(parts.uri.query().unwrap_or(""), &s, seen).await;
     }
     if path == "/stream" {
         s.seen.lock().await.push(seen);

@@ -1,0 +1,143 @@
+//! The one cache-outcome type: it feeds `Cache-Status` (RFC 9211), `X-Cache`,
+//! the metrics label and (later) the access-log field.
+
+use std::fmt::Write;
+
+use pingora::cache::{CachePhase, NoCacheReason};
+
+/// What the cache did for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Fresh stored response.
+    Hit,
+    /// Nothing usable stored: forwarded.
+    Miss,
+    /// A stale stored response served as is.
+    Stale,
+    /// Stale, revalidated upstream with 304: stored response served.
+    Revalidated,
+    /// Stale, revalidation brought a new response.
+    Expired,
+    /// The cache was skipped for this request (e.g. a bypass rule).
+    Bypass,
+    /// Looked up or forwarded, but the response may not be stored.
+    Uncacheable,
+}
+
+impl CacheOutcome {
+    /// Every outcome, in declaration order (the metrics handles are indexed by it).
+    pub const ALL: [CacheOutcome; 7] = [
+        Self::Hit,
+        Self::Miss,
+        Self::Stale,
+        Self::Revalidated,
+        Self::Expired,
+        Self::Bypass,
+        Self::Uncacheable,
+    ];
+
+    /// From Pingora's cache phase at response time.
+    pub fn from_phase(phase: &CachePhase) -> Option<(CacheOutcome, Option<&'static str>)> {
+        Some(match phase {
+            CachePhase::Hit => (Self::Hit, None),
+            CachePhase::Miss => (Self::Miss, None),
+            CachePhase::Stale | CachePhase::StaleUpdating => (Self::Stale, None),
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+                (Self::Revalidated, None)
+            }
+            CachePhase::Expired => (Self::Expired, None),
+            CachePhase::Bypass => (Self::Bypass, None),
+            CachePhase::Disabled(NoCacheReason::NeverEnabled) => return None,
+            CachePhase::Disabled(reason) => (Self::Uncacheable, Some(reason_str(reason))),
+            CachePhase::Uninit | CachePhase::CacheKey => return None,
+        })
+    }
+
+    /// `X-Cache` value.
+    pub fn x_cache(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss | Self::Uncacheable => "MISS",
+            Self::Stale => "STALE",
+            Self::Revalidated => "REVALIDATED",
+            Self::Expired => "EXPIRED",
+            Self::Bypass => "BYPASS",
+        }
+    }
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Stale => "stale",
+            Self::Revalidated => "revalidated",
+            Self::Expired => "expired",
+            Self::Bypass => "bypass",
+            Self::Uncacheable => "uncacheable",
+        }
+    }
+
+    /// The `Cache-Status` member of this cache.
+    pub fn cache_status(
+        self,
+        ttl: Option<i64>,
+        stored: bool,
+        fwd_status: Option<u16>,
+        detail: Option<&str>,
+    ) -> String {
+        let mut s = String::from("gateway");
+        match self {
+            Self::Hit => s.push_str("; hit"),
+            Self::Stale => s.push_str("; hit; fwd=stale"),
+            Self::Miss | Self::Uncacheable => s.push_str("; fwd=uri-miss"),
+            Self::Revalidated | Self::Expired => s.push_str("; fwd=stale"),
+            Self::Bypass => s.push_str("; fwd=bypass"),
+        }
+        if let Some(code) = fwd_status {
+            let _ = write!(s, "; fwd-status={code}");
+        }
+        if stored {
+            s.push_str("; stored");
+        }
+        if let Some(ttl) = ttl {
+            let _ = write!(s, "; ttl={ttl}");
+        }
+        if let Some(d) = detail {
+            let _ = write!(s, "; detail={d}");
+        }
+        s
+    }
+}
+
+fn reason_str(r: &NoCacheReason) -> &'static str {
+    match r {
+        NoCacheReason::Custom(why) => why,
+        NoCacheReason::OriginNotCache => "origin-not-cache",
+        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => "too-large",
+        NoCacheReason::StorageError => "storage-error",
+        NoCacheReason::UpstreamError => "upstream-error",
+        _ => "uncacheable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_status_uses_rfc9211_vocabulary() {
+        assert_eq!(
+            CacheOutcome::Hit.cache_status(Some(42), false, None, None),
+            "gateway; hit; ttl=42"
+        );
+        assert_eq!(
+            CacheOutcome::Miss.cache_status(None, true, Some(200), None),
+            "gateway; fwd=uri-miss; fwd-status=200; stored"
+        );
+        assert_eq!(
+            CacheOutcome::Uncacheable.cache_status(None, false, Some(200), Some("no-store")),
+            "gateway; fwd=uri-miss; fwd-status=200; detail=no-store"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! What may be stored, for how long, and under which key (RFC 9111 §3, §4.2).
+
+use std::time::{Duration, SystemTime};
+
+use http::{header, StatusCode};
+use pingora::cache::cache_control::{
+    CacheControl, Cacheable as CcCacheable, InterpretCacheControl,
+};
+use pingora::cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable, VarianceBuilder,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::config::RouteCache;
+
+/// Statuses that are cacheable by default (RFC 9110 §15.1), where a heuristic
+/// freshness lifetime may apply. 206 is left out: partial content is not stored.
+const HEURISTIC: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// The cache key: scheme, host, path and query, each length-prefixed so that no
+/// two different requests frame to the same key. Vary variance is added by Pingora.
+pub fn key(req: &RequestHeader) -> CacheKey {
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let path = req.uri.path();
+    let query = req.uri.query().unwrap_or("");
+    let mut primary = Vec::with_capacity(16 + host.len() + path.len() + query.len());
+    for part in [
+        "http".as_bytes(),
+        host.to_ascii_lowercase().as_bytes(),
+        path.as_bytes(),
+        query.as_bytes(),
+    ] {
+        primary.extend_from_slice(part.len().to_string().as_bytes());
+        primary.push(b':');
+        primary.extend_from_slice(part);
+    }
+    CacheKey::new(primary, "")
+}
+
+/// The variance of a stored response for this request: the values of every
+/// header its `Vary` lists (names lowercased, values with surrounding
+/// whitespace trimmed and inner runs of spaces collapsed, RFC 9111 §4.1).
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut vb = VarianceBuilder::new();
+    for v in meta.headers().get_all(header::VARY) {
+        let Ok(list) = v.to_str() else { continue };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let name = name.to_ascii_lowercase();
+            let value: Vec<u8> = req
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .map(|v| normalize(v.as_bytes()))
+                .collect::<Vec<_>>()
+                .join(&b","[..]);
+            vb.add_owned_name_value(name, value);
+        }
+    }
+    vb.finalize()
+}
+
+fn normalize(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut space = false;
+    for &b in v.trim_ascii() {
+        if b == b' ' || b == b'\t' {
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            out.push(b' ');
+        }
+        space = false;
+        out.push(b);
+    }
+    out
+}
+
+/// Why a response is not stored, for `Cache-Status: detail` and metrics.
+pub const NOT_FINAL: &str = "status-not-storable";
+/// `Vary: *`.
+pub const VARY_STAR: &str = "vary-star";
+/// `Set-Cookie` without `cache_set_cookie: true`.
+pub const SET_COOKIE: &str = "set-cookie";
+/// A request with `Authorization` and no `public`, `s-maxage` or `must-revalidate`.
+pub const AUTHORIZATION: &str = "authorization";
+/// `no-store` or `private`.
+pub const NO_STORE: &str = "no-store";
+/// No explicit freshness and no heuristic allowed.
+pub const NO_FRESHNESS: &str = "no-freshness";
+
+/// Decides whether `resp` (to `req`) may be stored under `rule`, and until when.
+pub fn decide(req: &RequestHeader, resp: &ResponseHeader, rule: &RouteCache) -> RespCacheable {
+    let uncacheable = |why: &'static str| RespCacheable::Uncacheable(NoCacheReason::Custom(why));
+    let status = resp.status.as_u16();
+    if status < 200 || status == 206 || status == 304 {
+        return uncacheable(NOT_FINAL);
+    }
+    let vary_star = resp.headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|n| n.trim() == "*"))
+    });
+    if vary_star {
+        return uncacheable(VARY_STAR);
+    }
+    if resp.headers.contains_key(header::SET_COOKIE) && !rule.cache_set_cookie {
+        return uncacheable(SET_COOKIE);
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    if req.headers.contains_key(header::AUTHORIZATION)
+        && !cc
+            .as_ref()
+            .is_some_and(|cc| cc.allow_caching_authorized_req())
+    {
+        return uncacheable(AUTHORIZATION);
+    }
+    if cc
+        .as_ref()
+        .is_some_and(|cc| cc.is_cacheable() == CcCacheable::No)
+    {
+        return uncacheable(NO_STORE);
+    }
+    let now = SystemTime::now();
+    // Explicit freshness: s-maxage, max-age (no-cache = 0), then Expires.
+    let explicit = cc.as_ref().and_then(|cc| cc.fresh_duration()).or_else(|| {
+        calculate_expires_header_time(resp).map(|t| t.duration_since(now).unwrap_or_default())
+    });
+    let public = cc
+        .as_ref()
+        .is_some_and(|cc| cc.is_cacheable() == CcCacheable::Yes);
+    let lifetime = match explicit {
+        Some(d) => d,
+        None if HEURISTIC.contains(&status) || public => match rule.default_ttl {
+            Some(d) => d,
+            None => return uncacheable(NO_FRESHNESS),
+        },
+        None => return uncacheable(NO_FRESHNESS),
+    };
+    // RFC 9111 §4.2.3: the response may already have aged on the way here.
+    let age = resp
+        .headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let fresh_until = if lifetime > age {
+        now + (lifetime - age)
+    } else {
+        now - Duration::from_secs(1) // stored, but stale: revalidated on use
+    };
+    let defaults = CacheMetaDefaults::new(
+        |_| None,
+        rule.stale_while_revalidate
+            .map_or(0, |d| d.as_secs() as u32),
+        rule.stale_if_error.map_or(0, |d| d.as_secs() as u32),
+    );
+    let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
+    let mut header = resp.clone();
+    if let Some(cc) = &cc {
+        cc.strip_private_headers(&mut header);
+    }
+    // Per-connection and per-client fields never go into the shared store.
+    for name in [header::SET_COOKIE, header::CONNECTION] {
+        if !(name == header::SET_COOKIE && rule.cache_set_cookie) {
+            header.remove_header(&name);
+        }
+    }
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+}
+
+/// Whether a stored response may answer a request that carries `Authorization`
+/// (RFC 9111 §3.5): only with `public`, `s-maxage` or `must-revalidate`.
+pub fn may_serve_authorized(meta: &CacheMeta) -> bool {
+    CacheControl::from_resp_headers(meta.response_header())
+        .is_some_and(|cc| cc.allow_caching_authorized_req())
+}
+
+/// Statuses that may be heuristically fresh.
+pub fn heuristic_status(status: StatusCode) -> bool {
+    HEURISTIC.contains(&status.as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_frame_their_parts() {
+        let k = |p: &str, host: &str| {
+            let mut r = RequestHeader::build("GET", p.as_bytes(), None).unwrap();
+            r.insert_header("host", host).unwrap();
+            key(&r).primary_key().to_vec()
+        };
+        assert_ne!(k("/a?b", "x"), k("/a%3Fb", "x"));
+        assert_eq!(k("/a", "X.example"), k("/a", "x.example"));
+        assert_ne!(k("/a", "x"), k("/a", "y"));
+    }
+
+    #[test]
+    fn whitespace_is_normalised_for_vary() {
+        assert_eq!(normalize(b"  gzip,   br "), b"gzip, br".to_vec());
+    }
+}

@@ -1,0 +1,316 @@
+//! In-memory cache storage on `quick_cache`, bounded in bytes.
+//!
+//! Each entry weighs its body, its stored header and a fixed per-entry
+//! overhead, so resident memory stays near `cache.max_size`. The shard count is
+//! chosen so that every object up to `cache.max_object_size` fits in a shard
+//! (quick_cache silently refuses an item heavier than about 97 % of one
+//! shard). Hits hand out the stored `Bytes` without copying the body.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::{CacheHashKey, CacheKey, CompactCacheKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheMeta, Storage};
+use pingora::{Error, ErrorType, Result};
+use quick_cache::sync::Cache;
+use quick_cache::{Lifecycle, Weighter};
+
+use crate::metrics;
+
+/// Bytes charged per entry beyond body and header: key, map slot, `Arc`s, meta.
+pub const ENTRY_OVERHEAD: u64 = 512;
+
+/// One stored response.
+struct Entry {
+    /// `CacheMeta::serialize()` output.
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+}
+
+impl Entry {
+    fn weight(&self) -> u64 {
+        (self.meta.0.len() + self.meta.1.len() + self.body.len()) as u64 + ENTRY_OVERHEAD
+    }
+}
+
+#[derive(Clone)]
+struct ByWeight;
+
+impl Weighter<HashBinary, Arc<Entry>> for ByWeight {
+    fn weight(&self, _key: &HashBinary, val: &Arc<Entry>) -> u64 {
+        val.weight() // never 0: ENTRY_OVERHEAD
+    }
+}
+
+#[derive(Clone)]
+struct CountEvictions;
+
+impl Lifecycle<HashBinary, Arc<Entry>> for CountEvictions {
+    type RequestState = ();
+    fn begin_request(&self) {}
+    fn on_evict(&self, _state: &mut (), _key: HashBinary, _val: Arc<Entry>) {
+        metrics::cache_eviction();
+    }
+}
+
+/// The production memory backend.
+pub struct MemStorage {
+    entries: Cache<HashBinary, Arc<Entry>, ByWeight, ahash_like::Build, CountEvictions>,
+    max_object_size: usize,
+}
+
+/// quick_cache wants a `BuildHasher`; the keys are already 128-bit hashes.
+mod ahash_like {
+    use std::hash::{BuildHasher, Hasher};
+
+    #[derive(Clone, Default)]
+    pub struct Build;
+
+    pub struct Passthrough(u64);
+
+    impl Hasher for Passthrough {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            // The key is a uniformly distributed hash: fold it.
+            for chunk in bytes.chunks(8) {
+                let mut b = [0u8; 8];
+                b[..chunk.len()].copy_from_slice(chunk);
+                self.0 ^= u64::from_le_bytes(b).rotate_left(17);
+            }
+        }
+    }
+
+    impl BuildHasher for Build {
+        type Hasher = Passthrough;
+        fn build_hasher(&self) -> Passthrough {
+            Passthrough(0x9e37_79b9_7f4a_7c15)
+        }
+    }
+}
+
+impl MemStorage {
+    /// A store of `max_size` bytes that can hold any object up to `max_object_size`.
+    pub fn new(max_size: u64, max_object_size: u64) -> MemStorage {
+        let largest = max_object_size + ENTRY_OVERHEAD + 64 * 1024; // header allowance
+        let mut shards =
+            (4 * std::thread::available_parallelism().map_or(2, |n| n.get())).next_power_of_two();
+        // Each shard must hold the largest object with room to spare.
+        while shards > 1 && (max_size / shards as u64) < largest + largest / 8 {
+            shards /= 2;
+        }
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity((max_size / 16384).max(64) as usize)
+            .weight_capacity(max_size)
+            .shards(shards)
+            .build()
+            .expect("valid cache options");
+        MemStorage {
+            entries: Cache::with_options(options, ByWeight, ahash_like::Build, CountEvictions),
+            max_object_size: max_object_size as usize,
+        }
+    }
+
+    /// Entries stored now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes accounted now (bodies, headers, overhead).
+    pub fn weight(&self) -> u64 {
+        self.entries.weight()
+    }
+
+    /// The byte bound.
+    pub fn capacity(&self) -> u64 {
+        self.entries.capacity()
+    }
+
+    fn remove(&self, key: &CompactCacheKey) -> bool {
+        self.entries.remove(&key.combined_bin()).is_some()
+    }
+}
+
+/// A hit: the whole body, or a range of it (for `Range` requests).
+struct Hit {
+    body: Bytes,
+    range: (usize, usize),
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.range.0..self.range.1)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        let end = end.unwrap_or(len).min(len);
+        if start > end {
+            return Error::e_explain(ErrorType::InternalError, "seek beyond the body");
+        }
+        self.range = (start, end);
+        self.done = false;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// A miss being filled: chunks are kept until the body is complete.
+struct Miss {
+    store: &'static MemStorage,
+    key: HashBinary,
+    meta: (Vec<u8>, Vec<u8>),
+    chunks: Vec<Bytes>,
+    size: usize,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.size += data.len();
+        if self.size > self.store.max_object_size {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "object over cache.max_object_size",
+            );
+        }
+        if !data.is_empty() {
+            self.chunks.push(data);
+        }
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut all = Vec::with_capacity(self.size);
+                for c in &self.chunks {
+                    all.extend_from_slice(c);
+                }
+                Bytes::from(all)
+            }
+        };
+        let size = body.len();
+        self.store.entries.insert(
+            self.key,
+            Arc::new(Entry {
+                meta: self.meta,
+                body,
+            }),
+        );
+        metrics::cache_store();
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[async_trait]
+impl Storage for MemStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(entry) = self.entries.get(&key.combined_bin()) else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+        let len = entry.body.len();
+        let hit = Hit {
+            body: entry.body.clone(),
+            range: (0, len),
+            done: false,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(Miss {
+            store: self,
+            key: key.combined_bin(),
+            meta: meta.serialize()?,
+            chunks: Vec::new(),
+            size: 0,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        if self.remove(target.key()) {
+            Ok(PurgeOutcome::Purged(None))
+        } else {
+            Ok(PurgeOutcome::NotFound)
+        }
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let k = key.combined_bin();
+        let Some(old) = self.entries.get(&k) else {
+            return Ok(false);
+        };
+        let entry = Entry {
+            meta: meta.serialize()?,
+            body: old.body.clone(),
+        };
+        self.entries.insert(k, Arc::new(entry));
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}

@@ -1,0 +1,108 @@
+//! Cache phase: enabling the cache per route, key, variance, storability,
+//! hit checks, and the `Cache-Status` / `X-Cache` headers.
+
+use std::time::SystemTime;
+
+use http::{header, Method};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+
+use super::Ctx;
+use crate::cache::{self, policy, CacheOutcome};
+use crate::config::RouteCache;
+
+/// `Surrogate-Key` and `Cache-Tag`: purge tags meant for the cache, not clients.
+const TAG_HEADERS: [&str; 2] = ["surrogate-key", "cache-tag"];
+
+fn rule(ctx: &Ctx) -> Option<&RouteCache> {
+    let (snap, route) = ctx.routed()?;
+    snap.config.routes[route].cache.as_ref()
+}
+
+/// Turns the cache on for GET and HEAD on routes with a cache rule.
+pub(super) fn enable(session: &mut Session, ctx: &mut Ctx) {
+    let method = &session.req_header().method;
+    if !(method == Method::GET || method == Method::HEAD) || rule(ctx).is_none() {
+        return;
+    }
+    let (Some(store), Some((snap, _))) = (cache::store(), ctx.routed()) else {
+        return;
+    };
+    let max_object = snap.config.cache.max_object_size as usize;
+    session.cache.enable(store, None, None, None, None);
+    session.cache.set_max_file_size_bytes(max_object);
+    ctx.cache.enabled = true;
+}
+
+/// The request's cache key.
+pub(super) fn key(session: &Session) -> CacheKey {
+    policy::key(session.req_header())
+}
+
+/// The Vary variance of `req` against a stored response's `Vary`.
+pub(super) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    policy::variance(meta, req)
+}
+
+/// Whether (and until when) the upstream response is stored.
+pub(super) fn storable(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
+    let Some(rule) = rule(ctx) else {
+        return RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled);
+    };
+    let decision = policy::decide(session.req_header(), resp, rule);
+    ctx.cache.stored = matches!(decision, RespCacheable::Cacheable(_));
+    decision
+}
+
+/// A stored response may answer a request with `Authorization` only if it says so.
+pub(super) fn on_hit(session: &Session, meta: &CacheMeta) -> Option<ForcedFreshness> {
+    let authorized = session
+        .req_header()
+        .headers
+        .contains_key(header::AUTHORIZATION);
+    (authorized && !policy::may_serve_authorized(meta)).then_some(ForcedFreshness::ForceMiss)
+}
+
+/// `Cache-Status`, `X-Cache`, and purge tags stripped, on responses of caching routes.
+pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    let Some(rule) = rule(ctx) else { return Ok(()) };
+    if !rule.keep_surrogate_keys {
+        for h in TAG_HEADERS {
+            resp.remove_header(h);
+        }
+    }
+    let Some((outcome, detail)) = CacheOutcome::from_phase(&session.cache.phase()) else {
+        return Ok(());
+    };
+    // A response that was not stored is a plain miss only if storing was tried.
+    let outcome = if outcome == CacheOutcome::Miss && !ctx.cache.stored {
+        CacheOutcome::Uncacheable
+    } else {
+        outcome
+    };
+    ctx.cache.outcome = Some(outcome);
+    let ttl = match outcome {
+        CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Stale => {
+            let meta = session.cache.cache_meta();
+            let now = SystemTime::now();
+            Some(match meta.fresh_until().duration_since(now) {
+                Ok(left) => left.as_secs() as i64,
+                Err(past) => -(past.duration().as_secs() as i64),
+            })
+        }
+        _ => None,
+    };
+    let forwarded = !matches!(outcome, CacheOutcome::Hit | CacheOutcome::Stale);
+    let fwd_status = forwarded.then(|| resp.status.as_u16());
+    let stored = ctx.cache.stored && matches!(outcome, CacheOutcome::Miss | CacheOutcome::Expired);
+    let detail = match outcome {
+        CacheOutcome::Uncacheable => detail.or(Some("uncacheable")),
+        _ => None,
+    };
+    let value = outcome.cache_status(ttl, stored, fwd_status, detail);
+    resp.append_header("cache-status", value)?;
+    resp.insert_header("x-cache", outcome.x_cache())?;
+    Ok(())
+}

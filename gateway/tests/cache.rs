@@ -1,0 +1,354 @@
+//! Response cache, part 1: storage, freshness, safety, Cache-Status.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::header::HeaderMap;
+
+fn config(origin: &Origin, cache_rule: &str, cache_block: &str) -> String {
+    format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+cache: {{ {cache_block} }}
+upstreams:
+  app: {{ servers: ["{}"] }}
+routes:
+  - {{ name: cached, match: {{ path_prefix: /resp }}, upstream: app, cache: {{ {cache_rule} }} }}
+  - {{ name: other, match: {{ path_prefix: / }}, upstream: app }}
+"#,
+        origin.addr
+    )
+}
+
+/// `/resp/<id>?h=...` with `%3D` for `=` and `%2C` for `,` in header values.
+fn resp(id: &str, headers: &[&str]) -> String {
+    let mut url = format!("/resp/{id}?size=100");
+    for h in headers {
+        url.push_str("&h=");
+        url.push_str(
+            &h.replace('=', "%3D")
+                .replace(',', "%2C")
+                .replace(' ', "%20"),
+        );
+    }
+    url
+}
+
+async fn get(gw: &Gateway, path: &str, extra: &[(&str, &str)]) -> (u16, HeaderMap, usize) {
+    let mut req = client().get(gw.url(path));
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let len = r.bytes().await.unwrap().len();
+    (status, headers, len)
+}
+
+fn x_cache(h: &HeaderMap) -> &str {
+    h.get("x-cache").map_or("-", |v| v.to_str().unwrap())
+}
+
+fn cache_status(h: &HeaderMap) -> &str {
+    h.get("cache-status").map_or("-", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn max_age_is_stored_and_served_with_age() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp("max-age", &["Cache-Control:max-age=60"]);
+    let (s, h, len) = get(&gw, &path, &[]).await;
+    assert_eq!((s, len), (200, 100));
+    assert_eq!(x_cache(&h), "MISS");
+    assert_eq!(
+        cache_status(&h),
+        "gateway; fwd=uri-miss; fwd-status=200; stored"
+    );
+    let (s, h, len) = get(&gw, &path, &[]).await;
+    assert_eq!((s, len), (200, 100));
+    assert_eq!(x_cache(&h), "HIT");
+    assert!(
+        cache_status(&h).starts_with("gateway; hit; ttl="),
+        "{}",
+        cache_status(&h)
+    );
+    assert!(h.contains_key("age"), "Age on a response served from cache");
+    assert_eq!(origin.hits(), 1);
+    gw.wait_metrics(&[
+        r#"gateway_cache_requests_total{cache="hit",route="cached"} 1"#,
+        r#"gateway_cache_requests_total{cache="miss",route="cached"} 1"#,
+        "gateway_cache_stores_total 1",
+        "gateway_cache_entries 1",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn directives_that_forbid_storing_are_honoured() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "default_ttl: 60s", "")).await;
+    for (id, cc, detail) in [
+        ("ns", "Cache-Control:no-store", "no-store"),
+        ("pv", "Cache-Control:private, max-age=60", "no-store"),
+    ] {
+        let path = resp(id, &[cc]);
+        let (_, h, _) = get(&gw, &path, &[]).await;
+        assert_eq!(x_cache(&h), "MISS");
+        assert!(
+            cache_status(&h).ends_with(&format!("detail={detail}")),
+            "{}",
+            cache_status(&h)
+        );
+        let (_, h, _) = get(&gw, &path, &[]).await;
+        assert_eq!(x_cache(&h), "MISS", "{cc} never stored");
+    }
+    assert_eq!(origin.hits(), 4);
+}
+
+#[tokio::test]
+async fn no_cache_and_zero_freshness_are_revalidated_on_every_use() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    for (id, headers) in [
+        ("nc", vec!["Cache-Control:no-cache", "ETag:\"v1\""]),
+        ("sm", vec!["Cache-Control:s-maxage=0, max-age=600"]),
+        ("aged", vec!["Cache-Control:max-age=60", "Age:100"]),
+    ] {
+        let path = resp(id, &headers);
+        let before = origin.hits();
+        get(&gw, &path, &[]).await;
+        let (s, h, _) = get(&gw, &path, &[]).await;
+        assert_eq!(s, 200);
+        assert_ne!(
+            x_cache(&h),
+            "HIT",
+            "{id}: stored but stale, so not a plain hit"
+        );
+        assert_eq!(
+            origin.hits() - before,
+            2,
+            "{id}: the origin saw both requests"
+        );
+    }
+}
+
+#[tokio::test]
+async fn freshness_from_expires_and_expiry() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(600));
+    let path = resp("exp", &[&format!("Expires:{future}")]);
+    get(&gw, &path, &[]).await;
+    let (_, h, _) = get(&gw, &path, &[]).await;
+    assert_eq!(x_cache(&h), "HIT");
+
+    let path = resp("short", &["Cache-Control:max-age=1"]);
+    get(&gw, &path, &[]).await;
+    assert_eq!(x_cache(&get(&gw, &path, &[]).await.1), "HIT");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (_, h, _) = get(&gw, &path, &[]).await;
+    assert_eq!(x_cache(&h), "EXPIRED", "{}", cache_status(&h));
+    assert_eq!(origin.hits(), 3);
+}
+
+#[tokio::test]
+async fn heuristic_freshness_only_where_the_rule_and_rfc_allow() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "default_ttl: 60s", "")).await;
+    let path = resp("heur", &[]);
+    get(&gw, &path, &[]).await;
+    assert_eq!(
+        x_cache(&get(&gw, &path, &[]).await.1),
+        "HIT",
+        "200 is heuristically cacheable"
+    );
+    let path = format!("{}&status=302&h=Location:/x", resp("redir", &[]));
+    get(&gw, &path, &[]).await;
+    let (s, h, _) = get(&gw, &path, &[]).await;
+    assert_eq!(s, 302);
+    assert_eq!(x_cache(&h), "MISS", "302 has no heuristic freshness");
+    assert!(cache_status(&h).ends_with("detail=no-freshness"));
+
+    let origin2 = Origin::start("b").await;
+    let gw2 = Gateway::start(&config(&origin2, "", "")).await;
+    let path = resp("heur", &[]);
+    get(&gw2, &path, &[]).await;
+    assert_eq!(
+        x_cache(&get(&gw2, &path, &[]).await.1),
+        "MISS",
+        "no default_ttl: not stored"
+    );
+}
+
+#[tokio::test]
+async fn authorization_and_set_cookie_rules() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let auth = [("authorization", "Bearer secret")];
+
+    let plain = resp("auth-plain", &["Cache-Control:max-age=60"]);
+    let (_, h, _) = get(&gw, &plain, &auth).await;
+    assert!(
+        cache_status(&h).ends_with("detail=authorization"),
+        "{}",
+        cache_status(&h)
+    );
+    assert_eq!(x_cache(&get(&gw, &plain, &auth).await.1), "MISS");
+
+    let public = resp("auth-public", &["Cache-Control:public, max-age=60"]);
+    get(&gw, &public, &auth).await;
+    assert_eq!(x_cache(&get(&gw, &public, &auth).await.1), "HIT");
+
+    // Stored from an anonymous request, not handed to an authorized one.
+    let anon = resp("anon", &["Cache-Control:max-age=60"]);
+    get(&gw, &anon, &[]).await;
+    assert_eq!(x_cache(&get(&gw, &anon, &[]).await.1), "HIT");
+    let (_, h, _) = get(&gw, &anon, &auth).await;
+    assert_ne!(x_cache(&h), "HIT");
+
+    let cookie = resp("cookie", &["Cache-Control:max-age=60", "Set-Cookie:s=1"]);
+    let (_, h, _) = get(&gw, &cookie, &[]).await;
+    assert!(cache_status(&h).ends_with("detail=set-cookie"));
+    assert_eq!(x_cache(&get(&gw, &cookie, &[]).await.1), "MISS");
+
+    let origin2 = Origin::start("b").await;
+    let gw2 = Gateway::start(&config(&origin2, "cache_set_cookie: true", "")).await;
+    get(&gw2, &cookie, &[]).await;
+    let (_, h, _) = get(&gw2, &cookie, &[]).await;
+    assert_eq!(x_cache(&h), "HIT");
+}
+
+#[tokio::test]
+async fn head_is_answered_from_a_stored_get() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp("head", &["Cache-Control:max-age=60"]);
+    get(&gw, &path, &[]).await;
+    let r = client().head(gw.url(&path)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.headers()["content-length"], "100");
+    assert!(r.bytes().await.unwrap().is_empty());
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart_and_star_is_never_stored() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp(
+        "vary",
+        &["Cache-Control:max-age=60", "Vary:Accept-Language"],
+    );
+    get(&gw, &path, &[("accept-language", "en")]).await;
+    get(&gw, &path, &[("accept-language", "fr")]).await;
+    assert_eq!(
+        x_cache(&get(&gw, &path, &[("accept-language", "en")]).await.1),
+        "HIT"
+    );
+    assert_eq!(
+        x_cache(&get(&gw, &path, &[("accept-language", "fr")]).await.1),
+        "HIT"
+    );
+    assert_eq!(origin.hits(), 2);
+
+    let star = resp("star", &["Cache-Control:max-age=60", "Vary:*"]);
+    get(&gw, &star, &[]).await;
+    let (_, h, _) = get(&gw, &star, &[]).await;
+    assert!(cache_status(&h).ends_with("detail=vary-star"));
+}
+
+#[tokio::test]
+async fn surrogate_keys_are_stripped_unless_kept() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp(
+        "tags",
+        &[
+            "Cache-Control:max-age=60",
+            "Surrogate-Key:item-1 items",
+            "Cache-Tag:t",
+        ],
+    );
+    for _ in 0..2 {
+        let (_, h, _) = get(&gw, &path, &[]).await;
+        assert!(!h.contains_key("surrogate-key") && !h.contains_key("cache-tag"));
+    }
+    let origin2 = Origin::start("b").await;
+    let gw2 = Gateway::start(&config(&origin2, "keep_surrogate_keys: true", "")).await;
+    let (_, h, _) = get(&gw2, &path, &[]).await;
+    assert_eq!(h["surrogate-key"], "item-1 items");
+}
+
+#[tokio::test]
+async fn oversize_objects_stream_through_uncached() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(
+        &origin,
+        "",
+        "max_size: 1MiB, max_object_size: 1KiB",
+    ))
+    .await;
+    let path = format!(
+        "{}&size=4096",
+        resp("big", &["Cache-Control:max-age=60"]).replace("size=100&", "")
+    );
+    for _ in 0..2 {
+        let (s, h, len) = get(&gw, &path, &[]).await;
+        assert_eq!((s, len), (200, 4096));
+        assert_eq!(x_cache(&h), "MISS");
+    }
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn the_byte_bound_holds_and_evicts() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(
+        &origin,
+        "",
+        "max_size: 256KiB, max_object_size: 16KiB",
+    ))
+    .await;
+    for i in 0..100 {
+        let path = format!(
+            "{}&size=8192",
+            resp(&format!("fill{i}"), &["Cache-Control:max-age=600"]).replace("size=100&", "")
+        );
+        let (s, _, len) = get(&gw, &path, &[]).await;
+        assert_eq!((s, len), (200, 8192));
+    }
+    let m = gw.wait_metrics(&["gateway_cache_stores_total 100"]).await;
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    assert_eq!(value("gateway_cache_capacity_bytes"), 262144.0);
+    assert!(
+        value("gateway_cache_bytes") <= 262144.0,
+        "{}",
+        value("gateway_cache_bytes")
+    );
+    assert!(
+        value("gateway_cache_evictions_total") > 50.0,
+        "{}",
+        value("gateway_cache_evictions_total")
+    );
+    assert!(value("gateway_cache_entries") < 40.0);
+}
+
+#[tokio::test]
+async fn routes_without_a_cache_rule_say_nothing_about_caching() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let (_, h, _) = get(&gw, "/plain", &[]).await;
+    assert!(!h.contains_key("cache-status") && !h.contains_key("x-cache"));
+}
