@@ -220,17 +220,13 @@ impl HandleMiss for Miss {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let body = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut all = Vec::with_capacity(self.size);
-                for c in &self.chunks {
-                    all.extend_from_slice(c);
-                }
-                Bytes::from(all)
-            }
-        };
+        // One exact-size copy: a chunk may be a slice of a larger read buffer,
+        // which would otherwise stay alive (and unaccounted) with the entry.
+        let mut all = Vec::with_capacity(self.size);
+        for c in &self.chunks {
+            all.extend_from_slice(c);
+        }
+        let body = Bytes::from(all);
         let size = body.len();
         self.store.entries.insert(
             self.key,

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Cache-hit benchmark: requests/s and latency of the gateway's cache, nginx
+# proxy_cache and the origin directly, for 1 KiB and 64 KiB bodies at 64 and
+# 2,000 keep-alive connections; then the gateway's resident memory with a full
+# cache.max_size (256 MiB) under 2,000 connections.
+#
+# Each proxy is pinned to core 0 (one worker / one thread); wrk and the origin
+# (a tiny nginx serving fixed bodies with Cache-Control: max-age=3600) run on
+# core 1.
+#
+#   loadtests/cache.sh                 # DURATION=10s
+set -euo pipefail
+[ -n "${TRACE:-}" ] && set -x
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+DURATION=${DURATION:-10s}
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing: ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ensure_system_deps
+cargo build --release --locked -p gateway >/dev/null
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
+ORIGIN=$(pick); NGINX_PORT=$(pick); GW_PORT=$(pick); GW_ADMIN=$(pick)
+dir=$(mktemp -d); pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$dir"; }
+trap cleanup EXIT
+
+mkdir -p "$dir/www" "$dir/origin" "$dir/proxy/cache"
+head -c 1024 /dev/zero | tr '\0' 'a' > "$dir/www/1k"
+head -c 65536 /dev/zero | tr '\0' 'b' > "$dir/www/64k"
+head -c 65536 /dev/zero | tr '\0' 'c' > "$dir/www/fill"
+chmod -R a+rwX "$dir"   # nginx workers run as an unprivileged user
+common="worker_rlimit_nofile 65536; events { worker_connections 8192; }"
+temp() { echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"; }
+cat > "$dir/origin/nginx.conf" <<CONF
+worker_processes 1; error_log $dir/origin/error.log warn; pid $dir/origin/pid; $common
+http { access_log off; $(temp "$dir/origin")
+  server { listen 127.0.0.1:$ORIGIN; root $dir/www; etag off;
+    location / { add_header Cache-Control "max-age=3600"; try_files \$uri /fill; } } }
+CONF
+cat > "$dir/proxy/nginx.conf" <<CONF
+worker_processes 1; error_log $dir/proxy/error.log warn; pid $dir/proxy/pid; $common
+http { access_log off; $(temp "$dir/proxy")
+  proxy_cache_path $dir/proxy/cache levels=1:2 keys_zone=c:64m max_size=256m inactive=1h;
+  upstream app { server 127.0.0.1:$ORIGIN; keepalive 64; }
+  server { listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache c; add_header X-Cache \$upstream_cache_status; } } }
+CONF
+taskset -c 1 "$NGINX" -p "$dir/origin" -c "$dir/origin/nginx.conf" -g 'daemon off;' & pids+=($!)
+taskset -c 0 "$NGINX" -p "$dir/proxy" -c "$dir/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
+cat > "$dir/gateway.yaml" <<YAML
+listen: "127.0.0.1:$GW_PORT"
+threads: 1
+pid_file: $dir/gateway.pid
+upgrade_sock: $dir/upgrade.sock
+admin: { listen: "127.0.0.1:$GW_ADMIN" }
+access_log: { enabled: false }
+client: { max_connections: 20000 }
+cache: { max_size: 256MiB, max_object_size: 8MiB }
+upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
+routes: [{ name: all, match: { path_prefix: / }, upstream: origin, cache: { enabled: true } }]
+YAML
+# Pingora logs every client that hangs up mid-body at ERROR: keep that out of the report.
+RUST_LOG=error taskset -c 0 target/release/gateway -c "$dir/gateway.yaml" 2>"$dir/gateway.log" & pids+=($!)
+GW_PID=$!
+for url in "http://127.0.0.1:$ORIGIN/1k" "http://127.0.0.1:$NGINX_PORT/1k" "http://127.0.0.1:$GW_ADMIN/ready"; do
+  wait_http "$url" 20 || die "$url did not come up"
+done
+for port in "$NGINX_PORT" "$GW_PORT"; do  # warm both caches
+  for f in 1k 64k; do curl -fsS -o /dev/null "http://127.0.0.1:$port/$f"; curl -fsS -o /dev/null "http://127.0.0.1:$port/$f"; done
+done
+curl -fsS -D - -o /dev/null "http://127.0.0.1:$GW_PORT/1k" | grep -qi '^x-cache: HIT' || die "gateway does not hit"
+curl -fsS -D - -o /dev/null "http://127.0.0.1:$NGINX_PORT/1k" | grep -qi '^x-cache: HIT' || die "nginx does not hit"
+
+run() { # label url connections
+  local threads=1; [ "$3" -gt 1000 ] && threads=2
+  local out; out=$(taskset -c 1 wrk -t"$threads" -c"$3" -d"$DURATION" --latency "$2")
+  printf '| %-24s | %5s | %10s | %8s | %8s | %s\n' "$1" "$3" \
+    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
+    "$(awk '$1=="50%" {print $2}' <<<"$out")" \
+    "$(awk '$1=="99%" {print $2}' <<<"$out")" \
+    "$(awk '/Non-2xx|Socket errors/' <<<"$out" | tr '\n' ' ')"
+}
+if [ -z "${MEMORY_ONLY:-}" ]; then
+echo
+echo "cache hits: wrk -d$DURATION, proxies on core 0, wrk + origin on core 1"
+echo "| target                   | conns | requests/s |      p50 |      p99 | errors"
+echo "|--------------------------|-------|------------|----------|----------|-------"
+for size in 1k 64k; do
+  for c in 64 2000; do
+    run "origin $size" "http://127.0.0.1:$ORIGIN/$size" "$c"
+    run "nginx proxy_cache $size" "http://127.0.0.1:$NGINX_PORT/$size" "$c"
+    run "gateway $size" "http://127.0.0.1:$GW_PORT/$size" "$c"
+  done
+done
+fi
+
+# Fill the cache past its bound with distinct 64 KiB objects, then hold 2,000 connections.
+echo
+echo "filling the gateway cache (6,000 x 64 KiB distinct objects, bound 256 MiB)..."
+cat > "$dir/fill.lua" <<'LUA'
+counter = 0
+request = function() counter = counter + 1; return wrk.format("GET", "/fill/" .. counter .. "-" .. math.random(1e9)) end
+LUA
+rss() { echo $(( $(awk '/^VmRSS/ {print $2}' "/proc/$GW_PID/status") / 1024 )); }
+rss_start=$(rss)
+taskset -c 1 wrk -t1 -c16 -d15s -s "$dir/fill.lua" "http://127.0.0.1:$GW_PORT" >/dev/null
+rss_full=$(rss)
+metrics=$(curl -fsS "http://127.0.0.1:$GW_ADMIN/metrics")
+bytes=$(awk '/^gateway_cache_bytes / {print $2}' <<<"$metrics")
+entries=$(awk '/^gateway_cache_entries / {print $2}' <<<"$metrics")
+evictions=$(awk '/^gateway_cache_evictions_total / {print $2}' <<<"$metrics")
+taskset -c 1 wrk -t2 -c2000 -d"$DURATION" "http://127.0.0.1:$GW_PORT/64k" >/dev/null &
+sleep 3
+rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$GW_PID/status")
+wait $! || true
+echo "cache: $entries entries, $bytes bytes accounted, $evictions evictions"
+echo "gateway RSS: $rss_start MiB at start, $rss_full MiB with the cache full, $((rss_kib / 1024)) MiB under 2,000 connections"
