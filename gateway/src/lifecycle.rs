@@ -125,6 +125,11 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         "upstream_keepalive_pool_size",
         old.upstream_keepalive_pool_size != new.upstream_keepalive_pool_size,
     );
+    diff("cache.max_size", old.cache.max_size != new.cache.max_size);
+    diff(
+        "cache.max_object_size",
+        old.cache.max_object_size != new.cache.max_object_size,
+    );
     keys
 }
 
@@ -160,6 +165,8 @@ pub async fn reload(shared: &Shared) {
     next.pid_file = old.pid_file.clone();
     next.upgrade_sock = old.upgrade_sock.clone();
     next.upstream_keepalive_pool_size = old.upstream_keepalive_pool_size;
+    next.cache.max_size = old.cache.max_size;
+    next.cache.max_object_size = old.cache.max_object_size;
     shared.swap(Snapshot::carrying_over(next, Some(&current)));
     metrics::reload(true);
     shared.set_reload_status(ReloadStatus::record(true, None, pending));

@@ -161,7 +161,13 @@ pub fn decide(req: &RequestHeader, resp: &ResponseHeader, rule: &RouteCache) -> 
             .map_or(0, |d| d.as_secs() as u32),
         rule.stale_if_error.map_or(0, |d| d.as_secs() as u32),
     );
-    let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
+    // must-revalidate, proxy-revalidate and s-maxage close the stale windows
+    // (Pingora's helper), and so does no-cache: validation before every use.
+    let (swr, sie) = if cc.as_ref().is_some_and(|cc| cc.no_cache()) {
+        (0, 0)
+    } else {
+        calculate_serve_stale_durations(cc.as_ref(), &defaults)
+    };
     let mut header = resp.clone();
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);

@@ -8,6 +8,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use pingora::cache::storage::{
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, Weighter};
@@ -27,16 +29,63 @@ use crate::metrics;
 /// Bytes charged per entry beyond body and header: key, map slot, `Arc`s, meta.
 pub const ENTRY_OVERHEAD: u64 = 512;
 
-/// One stored response.
+/// One stored response: the metadata kept parsed, so that a hit rebuilds its
+/// `CacheMeta` from fields instead of decompressing and parsing the header.
 struct Entry {
-    /// `CacheMeta::serialize()` output.
-    meta: (Vec<u8>, Vec<u8>),
+    header: ResponseHeader,
+    header_bytes: u64,
+    fresh_until: SystemTime,
+    created: SystemTime,
+    updated: SystemTime,
+    swr: u32,
+    sie: u32,
+    variance: Option<HashBinary>,
     body: Bytes,
 }
 
 impl Entry {
+    fn new(meta: &CacheMeta, body: Bytes) -> Entry {
+        let header = meta.response_header_copy();
+        let header_bytes = header
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+            .sum::<u64>()
+            + 64;
+        Entry {
+            header,
+            header_bytes,
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            updated: meta.updated(),
+            swr: meta.stale_while_revalidate_sec(),
+            sie: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            body,
+        }
+    }
+
+    /// The metadata as Pingora wants it.
+    fn meta(&self) -> CacheMeta {
+        let mut meta = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.swr,
+            self.sie,
+            self.header.clone(),
+        );
+        if let Some(v) = self.variance {
+            meta.set_variance(v);
+        }
+        if self.updated != self.created {
+            // Age counts from the last revalidation.
+            meta.set_epoch_override(self.updated);
+        }
+        meta
+    }
+
     fn weight(&self) -> u64 {
-        (self.meta.0.len() + self.meta.1.len() + self.body.len()) as u64 + ENTRY_OVERHEAD
+        self.header_bytes + self.body.len() as u64 + ENTRY_OVERHEAD
     }
 }
 
@@ -198,7 +247,7 @@ impl HandleHit for Hit {
 struct Miss {
     store: &'static MemStorage,
     key: HashBinary,
-    meta: (Vec<u8>, Vec<u8>),
+    meta: CacheMeta,
     chunks: Vec<Bytes>,
     size: usize,
 }
@@ -228,13 +277,9 @@ impl HandleMiss for Miss {
         }
         let body = Bytes::from(all);
         let size = body.len();
-        self.store.entries.insert(
-            self.key,
-            Arc::new(Entry {
-                meta: self.meta,
-                body,
-            }),
-        );
+        self.store
+            .entries
+            .insert(self.key, Arc::new(Entry::new(&self.meta, body)));
         metrics::cache_store();
         Ok(MissFinishType::Created(size))
     }
@@ -250,7 +295,7 @@ impl Storage for MemStorage {
         let Some(entry) = self.entries.get(&key.combined_bin()) else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+        let meta = entry.meta();
         let len = entry.body.len();
         let hit = Hit {
             body: entry.body.clone(),
@@ -269,7 +314,7 @@ impl Storage for MemStorage {
         Ok(Box::new(Miss {
             store: self,
             key: key.combined_bin(),
-            meta: meta.serialize()?,
+            meta: entry_meta(meta),
             chunks: Vec::new(),
             size: 0,
         }))
@@ -298,15 +343,18 @@ impl Storage for MemStorage {
         let Some(old) = self.entries.get(&k) else {
             return Ok(false);
         };
-        let entry = Entry {
-            meta: meta.serialize()?,
-            body: old.body.clone(),
-        };
-        self.entries.insert(k, Arc::new(entry));
+        self.entries
+            .insert(k, Arc::new(Entry::new(meta, old.body.clone())));
         Ok(true)
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
+}
+
+/// An owned copy of `meta` for a miss handler (`CacheMeta` is not `Clone`).
+fn entry_meta(meta: &CacheMeta) -> CacheMeta {
+    let e = Entry::new(meta, Bytes::new());
+    e.meta()
 }
