@@ -352,3 +352,19 @@ async fn routes_without_a_cache_rule_say_nothing_about_caching() {
     let (_, h, _) = get(&gw, "/plain", &[]).await;
     assert!(!h.contains_key("cache-status") && !h.contains_key("x-cache"));
 }
+
+#[tokio::test]
+async fn the_key_shows_in_cache_status_only_when_asked() {
+    let origin = Origin::start("a").await;
+    let path = resp("k", &["Cache-Control:max-age=60"]);
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    assert!(!cache_status(&get(&gw, &path, &[]).await.1).contains("key="));
+    let gw2 = Gateway::start(&config(&origin, "", "status_key: true")).await;
+    let (_, h, _) = get(&gw2, &path, &[]).await;
+    assert!(
+        cache_status(&h).contains("; key=\""),
+        "{}",
+        cache_status(&h)
+    );
+    assert!(cache_status(&h).contains("/resp/k"), "{}", cache_status(&h));
+}

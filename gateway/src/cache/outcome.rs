@@ -85,6 +85,7 @@ impl CacheOutcome {
         stored: bool,
         fwd_status: Option<u16>,
         detail: Option<&str>,
+        key: Option<&str>,
     ) -> String {
         let mut s = String::from("gateway");
         match self {
@@ -102,6 +103,10 @@ impl CacheOutcome {
         }
         if let Some(ttl) = ttl {
             let _ = write!(s, "; ttl={ttl}");
+        }
+        if let Some(k) = key {
+            let escaped = k.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = write!(s, "; key=\"{escaped}\"");
         }
         if let Some(d) = detail {
             let _ = write!(s, "; detail={d}");
@@ -128,15 +133,15 @@ mod tests {
     #[test]
     fn cache_status_uses_rfc9211_vocabulary() {
         assert_eq!(
-            CacheOutcome::Hit.cache_status(Some(42), false, None, None),
+            CacheOutcome::Hit.cache_status(Some(42), false, None, None, None),
             "gateway; hit; ttl=42"
         );
         assert_eq!(
-            CacheOutcome::Miss.cache_status(None, true, Some(200), None),
-            "gateway; fwd=uri-miss; fwd-status=200; stored"
+            CacheOutcome::Miss.cache_status(None, true, Some(200), None, Some("k\"1")),
+            "gateway; fwd=uri-miss; fwd-status=200; stored; key=\"k\\\"1\""
         );
         assert_eq!(
-            CacheOutcome::Uncacheable.cache_status(None, false, Some(200), Some("no-store")),
+            CacheOutcome::Uncacheable.cache_status(None, false, Some(200), Some("no-store"), None),
             "gateway; fwd=uri-miss; fwd-status=200; detail=no-store"
         );
     }

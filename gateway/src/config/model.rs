@@ -182,6 +182,8 @@ pub struct Cache {
     pub max_object_size: u64,
     /// Who may send `PURGE`.
     pub purge_allow: Vec<IpNet>,
+    /// Show the cache key in `Cache-Status`.
+    pub status_key: bool,
 }
 
 /// How a route matches the request host.
@@ -440,6 +442,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
         max_size: rcache.max_size.as_u64(),
         max_object_size: rcache.max_object_size.as_u64(),
         purge_allow: c.nets("cache.purge_allow", &rcache.purge_allow),
+        status_key: rcache.status_key,
     };
 
     if raw.routes.is_empty() {

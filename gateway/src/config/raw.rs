@@ -267,6 +267,8 @@ pub struct RawCache {
     pub max_object_size: Size,
     /// Peers allowed to send `PURGE` on the main listener (CIDRs or addresses).
     pub purge_allow: Vec<String>,
+    /// Add the cache key to `Cache-Status` (`key=`), for debugging.
+    pub status_key: bool,
 }
 
 impl Default for RawCache {
@@ -275,6 +277,7 @@ impl Default for RawCache {
             max_size: Size(256 << 20),
             max_object_size: Size(8 << 20),
             purge_allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            status_key: false,
         }
     }
 }

@@ -101,7 +101,12 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
         CacheOutcome::Uncacheable => detail.or(Some("uncacheable")),
         _ => None,
     };
-    let value = outcome.cache_status(ttl, stored, fwd_status, detail);
+    let show_key = ctx
+        .routed()
+        .is_some_and(|(snap, _)| snap.config.cache.status_key);
+    let key = show_key
+        .then(|| String::from_utf8_lossy(session.cache.cache_key().primary_key()).into_owned());
+    let value = outcome.cache_status(ttl, stored, fwd_status, detail, key.as_deref());
     resp.append_header("cache-status", value)?;
     resp.insert_header("x-cache", outcome.x_cache())?;
     Ok(())
