@@ -49,6 +49,9 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// `Cache-Control: only-if-cached` and nothing suitable is stored.
+    #[error("not in cache (only-if-cached)")]
+    NotCached,
     /// A bug or an unexpected state in the gateway.
     #[error("internal error")]
     Internal,
@@ -65,7 +68,7 @@ impl GatewayError {
             Self::BodyTooLarge => 413,
             Self::TooManyHeaders | Self::HeaderTooLarge => 431,
             Self::NoServer | Self::UpstreamUnavailable | Self::BadUpstreamResponse => 502,
-            Self::ConnectTimeout | Self::UpstreamTimeout => 504,
+            Self::ConnectTimeout | Self::UpstreamTimeout | Self::NotCached => 504,
             Self::Internal => 500,
         }
     }
@@ -86,6 +89,7 @@ impl GatewayError {
             Self::BadUpstreamResponse => "bad_upstream_response",
             Self::ConnectTimeout => "connect_timeout",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::NotCached => "not_cached",
             Self::Internal => "internal",
         }
     }

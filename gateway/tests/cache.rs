@@ -368,3 +368,106 @@ async fn the_key_shows_in_cache_status_only_when_asked() {
     );
     assert!(cache_status(&h).contains("/resp/k"), "{}", cache_status(&h));
 }
+
+#[tokio::test]
+async fn request_no_cache_and_pragma_force_validation() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp("rnc", &["Cache-Control:max-age=60", "ETag:\"e1\""]);
+    get(&gw, &path, &[]).await;
+    let (_, h, _) = get(&gw, &path, &[("cache-control", "no-cache")]).await;
+    assert!(
+        cache_status(&h).contains("fwd=request"),
+        "{}",
+        cache_status(&h)
+    );
+    assert_eq!(origin.hits(), 2, "validated upstream");
+    get(&gw, &path, &[("pragma", "no-cache")]).await;
+    assert_eq!(origin.hits(), 3, "Pragma: no-cache without Cache-Control");
+    get(
+        &gw,
+        &path,
+        &[("pragma", "no-cache"), ("cache-control", "max-stale")],
+    )
+    .await;
+    assert_eq!(
+        origin.hits(),
+        3,
+        "Pragma is ignored when Cache-Control is present"
+    );
+    assert_eq!(x_cache(&get(&gw, &path, &[]).await.1), "HIT");
+}
+
+#[tokio::test]
+async fn request_max_age_and_min_fresh_limit_what_is_served() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp("rma", &["Cache-Control:max-age=60"]);
+    get(&gw, &path, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the entry is now >= 1 s old
+    assert_eq!(
+        x_cache(&get(&gw, &path, &[("cache-control", "max-age=30")]).await.1),
+        "HIT"
+    );
+    let (_, h, _) = get(&gw, &path, &[("cache-control", "max-age=0")]).await;
+    assert_ne!(x_cache(&h), "HIT", "too old for the client");
+    let before = origin.hits();
+    let (_, h, _) = get(&gw, &path, &[("cache-control", "min-fresh=3600")]).await;
+    assert_ne!(x_cache(&h), "HIT", "not fresh long enough for the client");
+    assert_eq!(origin.hits(), before + 1);
+    assert_eq!(
+        x_cache(&get(&gw, &path, &[("cache-control", "min-fresh=5")]).await.1),
+        "HIT"
+    );
+}
+
+#[tokio::test]
+async fn request_max_stale_accepts_stale_unless_the_response_forbids_it() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp("rms", &["Cache-Control:max-age=1"]);
+    let strict = resp("rms-mr", &["Cache-Control:max-age=1, must-revalidate"]);
+    get(&gw, &path, &[]).await;
+    get(&gw, &strict, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let before = origin.hits();
+    let (_, h, _) = get(&gw, &path, &[("cache-control", "max-stale=60")]).await;
+    assert_eq!(x_cache(&h), "HIT", "{}", cache_status(&h));
+    assert_eq!(origin.hits(), before, "stale copy accepted by the client");
+    let (_, h, _) = get(&gw, &path, &[("cache-control", "max-stale=0")]).await;
+    assert_ne!(x_cache(&h), "HIT", "more stale than the client accepts");
+    let before = origin.hits();
+    let (_, h, _) = get(&gw, &strict, &[("cache-control", "max-stale")]).await;
+    assert_ne!(x_cache(&h), "HIT", "must-revalidate wins over max-stale");
+    assert_eq!(origin.hits(), before + 1);
+}
+
+#[tokio::test]
+async fn request_no_store_and_only_if_cached() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp("rns", &["Cache-Control:max-age=60"]);
+    let (_, h, _) = get(&gw, &path, &[("cache-control", "no-store")]).await;
+    assert!(
+        cache_status(&h).ends_with("detail=request-no-store"),
+        "{}",
+        cache_status(&h)
+    );
+    let r = client()
+        .get(gw.url(&path))
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        504,
+        "nothing stored, and the client forbids forwarding"
+    );
+    assert_eq!(json_error(r).await.0, "not in cache (only-if-cached)");
+    assert_eq!(origin.hits(), 1);
+    get(&gw, &path, &[]).await;
+    let (s, h, _) = get(&gw, &path, &[("cache-control", "only-if-cached")]).await;
+    assert_eq!((s, x_cache(&h)), (200, "HIT"));
+    assert_eq!(origin.hits(), 2);
+}

@@ -1,8 +1,9 @@
 //! The response cache: storage ([`storage`]), what is stored and under which
-//! key ([`policy`]), and the outcome reported to clients and metrics ([`outcome`]).
+//! key ([`policy`]), the client's directives ([`request`]), and the outcome reported to clients and metrics ([`outcome`]).
 
 pub mod outcome;
 pub mod policy;
+pub mod request;
 pub mod storage;
 
 use std::sync::OnceLock;

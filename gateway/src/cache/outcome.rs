@@ -86,9 +86,14 @@ impl CacheOutcome {
         fwd_status: Option<u16>,
         detail: Option<&str>,
         key: Option<&str>,
+        by_request: bool,
     ) -> String {
         let mut s = String::from("gateway");
         match self {
+            // The stored response could not be used because of the request's directives.
+            Self::Revalidated | Self::Expired | Self::Miss | Self::Uncacheable if by_request => {
+                s.push_str("; fwd=request")
+            }
             Self::Hit => s.push_str("; hit"),
             Self::Stale => s.push_str("; hit; fwd=stale"),
             Self::Miss | Self::Uncacheable => s.push_str("; fwd=uri-miss"),
@@ -133,15 +138,22 @@ mod tests {
     #[test]
     fn cache_status_uses_rfc9211_vocabulary() {
         assert_eq!(
-            CacheOutcome::Hit.cache_status(Some(42), false, None, None, None),
+            CacheOutcome::Hit.cache_status(Some(42), false, None, None, None, false),
             "gateway; hit; ttl=42"
         );
         assert_eq!(
-            CacheOutcome::Miss.cache_status(None, true, Some(200), None, Some("k\"1")),
+            CacheOutcome::Miss.cache_status(None, true, Some(200), None, Some("k\"1"), false),
             "gateway; fwd=uri-miss; fwd-status=200; stored; key=\"k\\\"1\""
         );
         assert_eq!(
-            CacheOutcome::Uncacheable.cache_status(None, false, Some(200), Some("no-store"), None),
+            CacheOutcome::Uncacheable.cache_status(
+                None,
+                false,
+                Some(200),
+                Some("no-store"),
+                None,
+                false
+            ),
             "gateway; fwd=uri-miss; fwd-status=200; detail=no-store"
         );
     }

@@ -31,6 +31,7 @@ pub(super) fn enable(session: &mut Session, ctx: &mut Ctx) {
         return;
     };
     let max_object = snap.config.cache.max_object_size as usize;
+    ctx.cache.directives = crate::cache::request::RequestDirectives::parse(session.req_header());
     session.cache.enable(store, None, None, None, None);
     session.cache.set_max_file_size_bytes(max_object);
     ctx.cache.enabled = true;
@@ -51,18 +52,44 @@ pub(super) fn storable(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) 
     let Some(rule) = rule(ctx) else {
         return RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled);
     };
+    if ctx.cache.directives.no_store {
+        ctx.cache.stored = false;
+        return RespCacheable::Uncacheable(pingora::cache::NoCacheReason::Custom(
+            "request-no-store",
+        ));
+    }
     let decision = policy::decide(session.req_header(), resp, rule);
     ctx.cache.stored = matches!(decision, RespCacheable::Cacheable(_));
     decision
 }
 
-/// A stored response may answer a request with `Authorization` only if it says so.
-pub(super) fn on_hit(session: &Session, meta: &CacheMeta) -> Option<ForcedFreshness> {
+/// A stored response may answer a request with `Authorization` only if it says
+/// so; the request's own directives may demand validation or accept staleness.
+pub(super) fn on_hit(
+    session: &Session,
+    meta: &CacheMeta,
+    is_fresh: bool,
+    ctx: &mut Ctx,
+) -> Option<ForcedFreshness> {
     let authorized = session
         .req_header()
         .headers
         .contains_key(header::AUTHORIZATION);
-    (authorized && !policy::may_serve_authorized(meta)).then_some(ForcedFreshness::ForceMiss)
+    if authorized && !policy::may_serve_authorized(meta) {
+        return Some(ForcedFreshness::ForceMiss);
+    }
+    let forced = ctx.cache.directives.on_hit(meta, is_fresh);
+    ctx.cache.by_request = forced == Some(ForcedFreshness::ForceExpired) && is_fresh;
+    forced
+}
+
+/// `only-if-cached` on a miss: 504 instead of forwarding. Returns `Ok(true)` when answered.
+pub(super) async fn only_if_cached(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    if !(ctx.cache.enabled && ctx.cache.directives.only_if_cached) {
+        return Ok(false);
+    }
+    super::response::respond_error(session, ctx, crate::error::GatewayError::NotCached).await?;
+    Ok(true)
 }
 
 /// `Cache-Status`, `X-Cache`, and purge tags stripped, on responses of caching routes.
@@ -106,7 +133,14 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
         .is_some_and(|(snap, _)| snap.config.cache.status_key);
     let key = show_key
         .then(|| String::from_utf8_lossy(session.cache.cache_key().primary_key()).into_owned());
-    let value = outcome.cache_status(ttl, stored, fwd_status, detail, key.as_deref());
+    let value = outcome.cache_status(
+        ttl,
+        stored,
+        fwd_status,
+        detail,
+        key.as_deref(),
+        ctx.cache.by_request,
+    );
     resp.append_header("cache-status", value)?;
     resp.insert_header("x-cache", outcome.x_cache())?;
     Ok(())

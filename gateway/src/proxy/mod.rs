@@ -68,6 +68,10 @@ pub struct CacheCtx {
     stored: bool,
     /// The outcome reported in the headers.
     outcome: Option<crate::cache::CacheOutcome>,
+    /// The request's cache directives.
+    directives: crate::cache::request::RequestDirectives,
+    /// A fresh stored response was not used because of the request's directives.
+    by_request: bool,
 }
 
 impl Ctx {
@@ -156,10 +160,15 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
-        _is_fresh: bool,
-        _ctx: &mut Ctx,
+        is_fresh: bool,
+        ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(cache::on_hit(session, meta))
+        Ok(cache::on_hit(session, meta, is_fresh, ctx))
+    }
+
+    /// Runs on a cache miss only, before going upstream.
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!cache::only_if_cached(session, ctx).await?)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
