@@ -117,6 +117,14 @@ static CACHE_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static CACHE_INVALIDATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_cache_invalidations_total",
+        "Stored responses removed because an unsafe method succeeded on their URI."
+    )
+    .expect("metric registers once")
+});
+
 static CACHE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("gateway_cache_entries", "Responses stored now.")
         .expect("metric registers once")
@@ -230,6 +238,11 @@ pub fn cache_store() {
     CACHE_STORES.inc();
 }
 
+/// Counts stored responses removed by an unsafe method.
+pub fn cache_invalidated(n: usize) {
+    CACHE_INVALIDATIONS.inc_by(n as u64);
+}
+
 /// Counts an eviction.
 pub fn cache_eviction() {
     CACHE_EVICTIONS.inc();
@@ -248,6 +261,7 @@ pub fn init() {
     LazyLock::force(&CACHE_REQUESTS);
     LazyLock::force(&CACHE_STORES);
     LazyLock::force(&CACHE_EVICTIONS);
+    LazyLock::force(&CACHE_INVALIDATIONS);
     LazyLock::force(&CACHE_ENTRIES);
     LazyLock::force(&CACHE_BYTES);
     LazyLock::force(&CACHE_CAPACITY);

@@ -471,3 +471,71 @@ async fn request_no_store_and_only_if_cached() {
     assert_eq!((s, x_cache(&h)), (200, "HIT"));
     assert_eq!(origin.hits(), 2);
 }
+
+async fn send(gw: &Gateway, method: &str, path: &str) -> u16 {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    client()
+        .request(m, gw.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_the_target_uri_with_all_variants() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp("inv", &["Cache-Control:max-age=60", "Vary:Accept-Language"]);
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        get(&gw, &path, &[("accept-language", "en")]).await;
+        get(&gw, &path, &[("accept-language", "fr")]).await;
+        assert_eq!(
+            x_cache(&get(&gw, &path, &[("accept-language", "en")]).await.1),
+            "HIT"
+        );
+        assert_eq!(send(&gw, method, &path).await, 200);
+        assert_eq!(
+            x_cache(&get(&gw, &path, &[("accept-language", "en")]).await.1),
+            "MISS",
+            "{method}"
+        );
+        assert_eq!(
+            x_cache(&get(&gw, &path, &[("accept-language", "fr")]).await.1),
+            "MISS",
+            "{method}"
+        );
+    }
+    // An error answer invalidates nothing.
+    get(&gw, &path, &[]).await;
+    let failing = format!("{path}&status=500");
+    assert_eq!(send(&gw, "POST", &failing).await, 500);
+    assert_eq!(x_cache(&get(&gw, &path, &[]).await.1), "HIT");
+    gw.wait_metrics(&["gateway_cache_invalidations_total 8"])
+        .await;
+}
+
+#[tokio::test]
+async fn location_and_content_location_on_the_same_origin_are_invalidated() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "default_ttl: 60s", "")).await;
+    for target in ["/resp/plain-a", "/resp/plain-b"] {
+        get(&gw, target, &[]).await;
+        assert_eq!(x_cache(&get(&gw, target, &[]).await.1), "HIT");
+    }
+    let host = gw.listen.to_string();
+    let post = format!(
+        "/responder?status=201&h=Location:/resp/plain-a&h=Content-Location:http%3A//{host}/resp/plain-b"
+    );
+    // The unsafe request matches a route without a cache: invalidation is global.
+    assert_eq!(send(&gw, "POST", &post).await, 201);
+    assert_eq!(x_cache(&get(&gw, "/resp/plain-a", &[]).await.1), "MISS");
+    assert_eq!(x_cache(&get(&gw, "/resp/plain-b", &[]).await.1), "MISS");
+
+    // Another origin's Location is left alone.
+    get(&gw, "/resp/plain-a", &[]).await;
+    let foreign = "/responder?status=201&h=Location:http%3A//elsewhere.example/resp/plain-a";
+    assert_eq!(send(&gw, "POST", foreign).await, 201);
+    assert_eq!(x_cache(&get(&gw, "/resp/plain-a", &[]).await.1), "HIT");
+}

@@ -22,14 +22,24 @@ const HEURISTIC: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 
 /// The cache key: scheme, host, path and query, each length-prefixed so that no
 /// two different requests frame to the same key. Vary variance is added by Pingora.
 pub fn key(req: &RequestHeader) -> CacheKey {
-    let host = req
-        .uri
+    key_for(
+        request_host(req),
+        req.uri.path(),
+        req.uri.query().unwrap_or(""),
+    )
+}
+
+/// The host a request is for: the target's authority, else `Host`.
+pub fn request_host(req: &RequestHeader) -> &str {
+    req.uri
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or("");
-    let path = req.uri.path();
-    let query = req.uri.query().unwrap_or("");
+        .unwrap_or("")
+}
+
+/// The key of `host` + `path` + `query` (see [`key`]).
+pub fn key_for(host: &str, path: &str, query: &str) -> CacheKey {
     let mut primary = Vec::with_capacity(16 + host.len() + path.len() + query.len());
     for part in [
         "http".as_bytes(),

@@ -7,7 +7,8 @@
 //! shard). Hits hand out the stored `Bytes` without copying the body.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -32,6 +33,8 @@ pub const ENTRY_OVERHEAD: u64 = 512;
 /// One stored response: the metadata kept parsed, so that a hit rebuilds its
 /// `CacheMeta` from fields instead of decompressing and parsing the header.
 struct Entry {
+    /// Hash of the URI part of the key (all Vary variants share it).
+    primary: HashBinary,
     header: ResponseHeader,
     header_bytes: u64,
     fresh_until: SystemTime,
@@ -44,7 +47,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(meta: &CacheMeta, body: Bytes) -> Entry {
+    fn new(primary: HashBinary, meta: &CacheMeta, body: Bytes) -> Entry {
         let header = meta.response_header_copy();
         let header_bytes = header
             .headers
@@ -53,6 +56,7 @@ impl Entry {
             .sum::<u64>()
             + 64;
         Entry {
+            primary,
             header,
             header_bytes,
             fresh_until: meta.fresh_until(),
@@ -98,20 +102,38 @@ impl Weighter<HashBinary, Arc<Entry>> for ByWeight {
     }
 }
 
-#[derive(Clone)]
-struct CountEvictions;
+/// Which stored keys (Vary variants included) belong to one URI.
+type VariantIndex = Arc<Mutex<HashMap<HashBinary, Vec<HashBinary>>>>;
 
-impl Lifecycle<HashBinary, Arc<Entry>> for CountEvictions {
+fn unindex(index: &VariantIndex, primary: &HashBinary, key: &HashBinary) {
+    if let Ok(mut idx) = index.lock() {
+        if let Some(keys) = idx.get_mut(primary) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                idx.remove(primary);
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct OnEvict {
+    index: VariantIndex,
+}
+
+impl Lifecycle<HashBinary, Arc<Entry>> for OnEvict {
     type RequestState = ();
     fn begin_request(&self) {}
-    fn on_evict(&self, _state: &mut (), _key: HashBinary, _val: Arc<Entry>) {
+    fn on_evict(&self, _state: &mut (), key: HashBinary, val: Arc<Entry>) {
         metrics::cache_eviction();
+        unindex(&self.index, &val.primary, &key);
     }
 }
 
 /// The production memory backend.
 pub struct MemStorage {
-    entries: Cache<HashBinary, Arc<Entry>, ByWeight, ahash_like::Build, CountEvictions>,
+    entries: Cache<HashBinary, Arc<Entry>, ByWeight, ahash_like::Build, OnEvict>,
+    index: VariantIndex,
     max_object_size: usize,
 }
 
@@ -162,8 +184,13 @@ impl MemStorage {
             .shards(shards)
             .build()
             .expect("valid cache options");
+        let index = VariantIndex::default();
+        let on_evict = OnEvict {
+            index: index.clone(),
+        };
         MemStorage {
-            entries: Cache::with_options(options, ByWeight, ahash_like::Build, CountEvictions),
+            entries: Cache::with_options(options, ByWeight, ahash_like::Build, on_evict),
+            index,
             max_object_size: max_object_size as usize,
         }
     }
@@ -189,7 +216,40 @@ impl MemStorage {
     }
 
     fn remove(&self, key: &CompactCacheKey) -> bool {
-        self.entries.remove(&key.combined_bin()).is_some()
+        let combined = key.combined_bin();
+        match self.entries.remove(&combined) {
+            Some((_, entry)) => {
+                unindex(&self.index, &entry.primary, &combined);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&self, key: HashBinary, entry: Entry) {
+        let primary = entry.primary;
+        // Index first, outside the cache's locks (an insert may evict, and
+        // eviction takes the index lock).
+        if let Ok(mut idx) = self.index.lock() {
+            let keys = idx.entry(primary).or_default();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Removes every stored response of a URI, all Vary variants; returns how many.
+    pub fn remove_uri(&self, primary: &HashBinary) -> usize {
+        let keys = self
+            .index
+            .lock()
+            .ok()
+            .and_then(|mut idx| idx.remove(primary))
+            .unwrap_or_default();
+        keys.iter()
+            .filter(|k| self.entries.remove(*k).is_some())
+            .count()
     }
 }
 
@@ -247,6 +307,7 @@ impl HandleHit for Hit {
 struct Miss {
     store: &'static MemStorage,
     key: HashBinary,
+    primary: HashBinary,
     meta: CacheMeta,
     chunks: Vec<Bytes>,
     size: usize,
@@ -278,8 +339,7 @@ impl HandleMiss for Miss {
         let body = Bytes::from(all);
         let size = body.len();
         self.store
-            .entries
-            .insert(self.key, Arc::new(Entry::new(&self.meta, body)));
+            .insert(self.key, Entry::new(self.primary, &self.meta, body));
         metrics::cache_store();
         Ok(MissFinishType::Created(size))
     }
@@ -314,6 +374,7 @@ impl Storage for MemStorage {
         Ok(Box::new(Miss {
             store: self,
             key: key.combined_bin(),
+            primary: key.primary_bin(),
             meta: entry_meta(meta),
             chunks: Vec::new(),
             size: 0,
@@ -343,8 +404,7 @@ impl Storage for MemStorage {
         let Some(old) = self.entries.get(&k) else {
             return Ok(false);
         };
-        self.entries
-            .insert(k, Arc::new(Entry::new(meta, old.body.clone())));
+        self.insert(k, Entry::new(old.primary, meta, old.body.clone()));
         Ok(true)
     }
 
@@ -355,6 +415,6 @@ impl Storage for MemStorage {
 
 /// An owned copy of `meta` for a miss handler (`CacheMeta` is not `Clone`).
 fn entry_meta(meta: &CacheMeta) -> CacheMeta {
-    let e = Entry::new(meta, Bytes::new());
+    let e = Entry::new([0; 16], meta, Bytes::new());
     e.meta()
 }

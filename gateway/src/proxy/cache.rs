@@ -145,3 +145,40 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
     resp.insert_header("x-cache", outcome.x_cache())?;
     Ok(())
 }
+
+/// RFC 9111 §4.4: a non-error response to an unsafe (or unknown) method
+/// invalidates what is stored for the target URI and for a same-origin
+/// `Location` / `Content-Location`, all Vary variants, whatever route matched.
+pub(super) fn invalidate(session: &Session, resp: &ResponseHeader) {
+    let req = session.req_header();
+    let safe = matches!(
+        req.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    if safe || !(200..400).contains(&resp.status.as_u16()) {
+        return;
+    }
+    let Some(store) = cache::store() else { return };
+    use pingora::cache::key::CacheHashKey;
+    let host = policy::request_host(req);
+    let mut removed = store.remove_uri(&policy::key(req).primary_bin());
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(target) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let Ok(uri) = target.parse::<http::Uri>() else {
+            continue;
+        };
+        let same_origin = match uri.authority() {
+            None => target.starts_with('/') && !target.starts_with("//"),
+            Some(a) => a.as_str().eq_ignore_ascii_case(host) && uri.scheme_str() == Some("http"),
+        };
+        if same_origin {
+            let key = policy::key_for(host, uri.path(), uri.query().unwrap_or(""));
+            removed += store.remove_uri(&key.primary_bin());
+        }
+    }
+    if removed > 0 {
+        crate::metrics::cache_invalidated(removed);
+    }
+}

@@ -201,6 +201,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         response::prepare_response(session, upstream_response, ctx)?;
+        cache::invalidate(session, upstream_response);
         cache::annotate(session, upstream_response, ctx)
     }
 
