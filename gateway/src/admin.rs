@@ -2,7 +2,7 @@
 //!
 //! | endpoint | access |
 //! |---|---|
-//! | `GET /health` | open: the process is alive |
+//! | `GET /health` | open: the process is alive (with its pid: which process answers during an upgrade) |
 //! | `GET /ready` | open: 200 while serving, 503 once draining; never depends on upstreams |
 //! | `GET /metrics` | open: Prometheus text format |
 //! | `GET /upstreams` | token: servers of every upstream and their health |
@@ -44,7 +44,10 @@ impl ServeHttp for AdminApp {
         let id = id.to_str().unwrap_or("-").to_owned();
         let get = req.method == Method::GET || req.method == Method::HEAD;
         let resp = match req.uri.path() {
-            "/health" if get => json(StatusCode::OK, r#"{"status":"ok"}"#),
+            "/health" if get => Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(format!(r#"{{"status":"ok","pid":{}}}"#, std::process::id()).into_bytes()),
             "/ready" if get => {
                 if self.shared.is_draining() {
                     json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)

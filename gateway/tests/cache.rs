@@ -539,3 +539,83 @@ async fn location_and_content_location_on_the_same_origin_are_invalidated() {
     assert_eq!(send(&gw, "POST", foreign).await, 201);
     assert_eq!(x_cache(&get(&gw, "/resp/plain-a", &[]).await.1), "HIT");
 }
+
+#[tokio::test]
+async fn client_conditionals_are_answered_from_a_fresh_stored_response() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let lm = "Tue, 01 Sep 2026 10:00:00 GMT";
+    let expires = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+    let path = resp(
+        "cond",
+        &[
+            "Cache-Control:max-age=60",
+            "ETag:\"v1\"",
+            &format!("Last-Modified:{lm}"),
+            "Vary:Accept-Language",
+            &format!("Expires:{expires}"),
+        ],
+    );
+    get(&gw, &path, &[]).await;
+    let (s, h, len) = get(&gw, &path, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!((s, len), (304, 0));
+    for k in ["etag", "cache-control", "vary", "date", "expires"] {
+        assert!(h.contains_key(k), "{k} on the 304: {h:?}");
+    }
+    assert_eq!(get(&gw, &path, &[("if-modified-since", lm)]).await.0, 304);
+    // If-None-Match takes precedence over If-Modified-Since.
+    assert_eq!(
+        get(
+            &gw,
+            &path,
+            &[("if-none-match", "\"v0\""), ("if-modified-since", lm)]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(origin.hits(), 1, "all answered from the cache");
+}
+
+#[tokio::test]
+async fn stale_entries_are_revalidated_304_refreshes_and_200_replaces() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let revalidated = format!(
+        "{}&inm304=1",
+        resp("rv304", &["Cache-Control:max-age=1", "ETag:\"r1\""])
+    );
+    let replaced = resp("rv200", &["Cache-Control:max-age=1", "ETag:\"r2\""]);
+    get(&gw, &revalidated, &[]).await;
+    get(&gw, &replaced, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let (s, h, len) = get(&gw, &revalidated, &[]).await;
+    assert_eq!(
+        (s, len),
+        (200, 100),
+        "the stored body, after a 304 upstream"
+    );
+    assert_eq!(x_cache(&h), "REVALIDATED", "{}", cache_status(&h));
+    let seen = origin.seen().await;
+    let last = seen.iter().rev().find(|s| s.uri.contains("rv304")).unwrap();
+    assert_eq!(
+        last.headers["if-none-match"], "\"r1\"",
+        "validated with the stored ETag"
+    );
+    assert_eq!(
+        x_cache(&get(&gw, &revalidated, &[]).await.1),
+        "HIT",
+        "fresh again"
+    );
+
+    let (s, h, _) = get(&gw, &replaced, &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(x_cache(&h), "EXPIRED", "{}", cache_status(&h));
+    assert_eq!(
+        x_cache(&get(&gw, &replaced, &[]).await.1),
+        "HIT",
+        "the new 200 replaced the entry"
+    );
+    assert_eq!(origin.hits(), 4);
+}

@@ -155,23 +155,40 @@ impl Drop for Origin {
 }
 
 /// `/resp...?status=200&size=10&h=Name:Value&...`: a response built from the query
-/// (percent-decoded), its body `size` bytes of `x`.
+/// (percent-decoded), its body `size` bytes of `x`; with `inm304`, a request whose
+/// `If-None-Match` equals the scripted `ETag` gets 304.
 async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     let mut status = 200u16;
     let mut size = 5usize;
     let mut headers = Vec::new();
+    let mut honour_inm = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v);
         match k {
             "status" => status = v.parse().unwrap(),
             "size" => size = v.parse().unwrap(),
+            "inm304" => honour_inm = true,
             "h" => {
                 let (name, value) = v.split_once(':').unwrap();
                 headers.push((name.trim().to_owned(), value.trim().to_owned()));
             }
             _ => {}
         }
+    }
+    // With inm304, a matching If-None-Match gets 304 (a revalidation).
+    let etag = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+        .map(|(_, v)| v.clone());
+    let inm = seen
+        .headers
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if honour_inm && etag.is_some() && inm == etag {
+        status = 304;
+        size = 0;
     }
     s.seen.lock().await.push(seen);
     let mut resp = Response::new(Body::from(vec![b'x'; size]));
@@ -300,7 +317,14 @@ impl Gateway {
     pub async fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let mut last_err = String::new();
         for _ in 0..5 {
-            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            // An environment override of the listener is where the gateway listens.
+            let listen: SocketAddr = env
+                .iter()
+                .find(|(k, _)| *k == "GATEWAY_LISTEN")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()))
+                .parse()
+                .unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let text = yaml
                 .replace("{listen}", &listen.to_string())
@@ -320,7 +344,7 @@ impl Gateway {
                 .stderr(log)
                 .spawn()
                 .expect("spawn gateway");
-            match wait_ready(&mut child, admin).await {
+            match wait_ready(&mut child, admin, listen).await {
                 Ok(()) => {
                     return Gateway {
                         child,
@@ -371,9 +395,10 @@ impl Drop for Gateway {
     }
 }
 
-/// Polls `GET /health` on the admin port until 200, or fails when the process
-/// exits or `WAIT` passes.
-async fn wait_ready(child: &mut Child, admin: SocketAddr) -> Result<(), ()> {
+/// Polls `GET /health` on the admin port until this very process answers (its
+/// pid: a port reserved and released may be taken by another test's gateway)
+/// and its main listener accepts; fails when the process exits or `WAIT` passes.
+async fn wait_ready(child: &mut Child, admin: SocketAddr, listen: SocketAddr) -> Result<(), ()> {
     let deadline = Instant::now() + WAIT;
     let c = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
@@ -385,8 +410,16 @@ async fn wait_ready(child: &mut Child, admin: SocketAddr) -> Result<(), ()> {
             return Err(());
         }
         if let Ok(r) = c.get(&url).send().await {
-            if r.status() == 200 {
-                return Ok(());
+            let ours = r.status() == 200
+                && r.json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|v| v["pid"] == child.id());
+            if ours && tokio::net::TcpStream::connect(listen).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                if let Ok(None) = child.try_wait() {
+                    return Ok(());
+                }
+                return Err(());
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
