@@ -619,3 +619,31 @@ async fn stale_entries_are_revalidated_304_refreshes_and_200_replaces() {
     );
     assert_eq!(origin.hits(), 4);
 }
+
+#[tokio::test]
+async fn ranges_are_served_from_the_stored_response() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp("range", &["Cache-Control:max-age=60"]);
+    // A range request on a miss fetches (and stores) the whole object.
+    let r = client().get(gw.url(&path)).header("range", "bytes=0-9").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 0-9/100");
+    assert_eq!(r.bytes().await.unwrap().len(), 10);
+    let seen = origin.seen().await;
+    assert!(!seen[0].headers.contains_key("range"), "the whole object was fetched");
+
+    let r = client().get(gw.url(&path)).header("range", "bytes=90-").send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["x-cache"].to_str().unwrap()), (206, "HIT"));
+    assert_eq!(r.headers()["content-range"], "bytes 90-99/100");
+    assert_eq!(r.bytes().await.unwrap().len(), 10);
+
+    let r = client().get(gw.url(&path)).header("range", "bytes=0-1,10-11").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("multipart/byteranges"), "{ct}");
+
+    let r = client().get(gw.url(&path)).header("range", "bytes=500-600").send().await.unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(origin.hits(), 1);
+}
