@@ -626,24 +626,225 @@ async fn ranges_are_served_from_the_stored_response() {
     let gw = Gateway::start(&config(&origin, "", "")).await;
     let path = resp("range", &["Cache-Control:max-age=60"]);
     // A range request on a miss fetches (and stores) the whole object.
-    let r = client().get(gw.url(&path)).header("range", "bytes=0-9").send().await.unwrap();
+    let r = client()
+        .get(gw.url(&path))
+        .header("range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 0-9/100");
     assert_eq!(r.bytes().await.unwrap().len(), 10);
     let seen = origin.seen().await;
-    assert!(!seen[0].headers.contains_key("range"), "the whole object was fetched");
+    assert!(
+        !seen[0].headers.contains_key("range"),
+        "the whole object was fetched"
+    );
 
-    let r = client().get(gw.url(&path)).header("range", "bytes=90-").send().await.unwrap();
-    assert_eq!((r.status().as_u16(), r.headers()["x-cache"].to_str().unwrap()), (206, "HIT"));
+    let r = client()
+        .get(gw.url(&path))
+        .header("range", "bytes=90-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["x-cache"].to_str().unwrap()
+        ),
+        (206, "HIT")
+    );
     assert_eq!(r.headers()["content-range"], "bytes 90-99/100");
     assert_eq!(r.bytes().await.unwrap().len(), 10);
 
-    let r = client().get(gw.url(&path)).header("range", "bytes=0-1,10-11").send().await.unwrap();
+    let r = client()
+        .get(gw.url(&path))
+        .header("range", "bytes=0-1,10-11")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(ct.starts_with("multipart/byteranges"), "{ct}");
 
-    let r = client().get(gw.url(&path)).header("range", "bytes=500-600").send().await.unwrap();
+    let r = client()
+        .get(gw.url(&path))
+        .header("range", "bytes=500-600")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn rule_ttl_clamps_never_override_validation() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "max_ttl: 1s", "")).await;
+    // max_ttl caps a long max-age.
+    let long = resp("cap", &["Cache-Control:max-age=3600"]);
+    get(&gw, &long, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_ne!(
+        x_cache(&get(&gw, &long, &[]).await.1),
+        "HIT",
+        "capped at 1s"
+    );
+
+    let origin2 = Origin::start("b").await;
+    let gw2 = Gateway::start(&config(&origin2, "min_ttl: 60s", "")).await;
+    // min_ttl lifts max-age=0 ...
+    let zero = resp("floor", &["Cache-Control:max-age=0"]);
+    get(&gw2, &zero, &[]).await;
+    assert_eq!(x_cache(&get(&gw2, &zero, &[]).await.1), "HIT");
+    // ... but never no-cache or must-revalidate content, nor no-store.
+    for (id, cc) in [
+        ("nc", "no-cache"),
+        ("mr", "max-age=0, must-revalidate"),
+        ("ns", "no-store"),
+    ] {
+        let p = resp(&format!("floor-{id}"), &[&format!("Cache-Control:{cc}")]);
+        get(&gw2, &p, &[]).await;
+        assert_ne!(x_cache(&get(&gw2, &p, &[]).await.1), "HIT", "{cc}");
+    }
+}
+
+#[tokio::test]
+async fn rule_query_composition() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let base = resp("q", &["Cache-Control:max-age=60"]);
+    get(&gw, &format!("{base}&b=1&a=2"), &[]).await;
+    assert_eq!(
+        x_cache(&get(&gw, &format!("{base}&a=2&b=1"), &[]).await.1),
+        "HIT",
+        "sorted"
+    );
+    assert_eq!(
+        x_cache(&get(&gw, &format!("{base}&a=3&b=1"), &[]).await.1),
+        "MISS"
+    );
+
+    let origin2 = Origin::start("b").await;
+    let gw2 = Gateway::start(&config(&origin2, "key: { query_ignore: [utm] }", "")).await;
+    get(&gw2, &format!("{base}&utm=x"), &[]).await;
+    assert_eq!(
+        x_cache(&get(&gw2, &format!("{base}&utm=y"), &[]).await.1),
+        "HIT",
+        "ignored param"
+    );
+
+    let origin3 = Origin::start("c").await;
+    let allow = "key: { query_allow: [page, size, h] }";
+    let gw3 = Gateway::start(&config(&origin3, allow, "")).await;
+    get(&gw3, &format!("{base}&page=1&ref=a"), &[]).await;
+    assert_eq!(
+        x_cache(&get(&gw3, &format!("{base}&page=1&ref=b"), &[]).await.1),
+        "HIT"
+    );
+    assert_eq!(
+        x_cache(&get(&gw3, &format!("{base}&page=2"), &[]).await.1),
+        "MISS"
+    );
+
+    let origin4 = Origin::start("d").await;
+    let gw4 = Gateway::start(&config(
+        &origin4,
+        "default_ttl: 60s, key: { query: none }",
+        "",
+    ))
+    .await;
+    get(&gw4, "/resp/none?x=1", &[]).await;
+    assert_eq!(
+        x_cache(&get(&gw4, "/resp/none?x=2", &[]).await.1),
+        "HIT",
+        "query ignored"
+    );
+}
+
+#[tokio::test]
+async fn rule_key_headers_and_cookies_and_bypass() {
+    let origin = Origin::start("a").await;
+    let rule = "key: { headers: [X-Tenant], cookies: [lang] }, bypass: { cookies: [session], headers: [X-Debug] }";
+    let gw = Gateway::start(&config(&origin, rule, "")).await;
+    let path = resp("kh", &["Cache-Control:max-age=60"]);
+    get(&gw, &path, &[("x-tenant", "a"), ("cookie", "lang=en")]).await;
+    assert_eq!(
+        x_cache(
+            &get(
+                &gw,
+                &path,
+                &[("x-tenant", "a"), ("cookie", "lang=en; other=1")]
+            )
+            .await
+            .1
+        ),
+        "HIT"
+    );
+    assert_eq!(
+        x_cache(
+            &get(&gw, &path, &[("x-tenant", "b"), ("cookie", "lang=en")])
+                .await
+                .1
+        ),
+        "MISS"
+    );
+    assert_eq!(
+        x_cache(
+            &get(&gw, &path, &[("x-tenant", "a"), ("cookie", "lang=fr")])
+                .await
+                .1
+        ),
+        "MISS"
+    );
+
+    let before = origin.hits();
+    let (_, h, _) = get(
+        &gw,
+        &path,
+        &[("x-tenant", "a"), ("cookie", "lang=en; session=s1")],
+    )
+    .await;
+    assert_eq!(x_cache(&h), "BYPASS");
+    assert_eq!(
+        cache_status(&h),
+        "gateway; fwd=bypass; fwd-status=200; detail=rule"
+    );
+    let (_, h, _) = get(
+        &gw,
+        &path,
+        &[("x-tenant", "a"), ("cookie", "lang=en"), ("x-debug", "1")],
+    )
+    .await;
+    assert_eq!(x_cache(&h), "BYPASS");
+    assert_eq!(origin.hits(), before + 2, "bypassed requests go upstream");
+    // All variants of a URI go together on invalidation.
+    assert_eq!(send(&gw, "POST", &path).await, 200);
+    assert_eq!(
+        x_cache(
+            &get(&gw, &path, &[("x-tenant", "a"), ("cookie", "lang=en")])
+                .await
+                .1
+        ),
+        "MISS"
+    );
+    assert_eq!(
+        x_cache(
+            &get(&gw, &path, &[("x-tenant", "b"), ("cookie", "lang=en")])
+                .await
+                .1
+        ),
+        "MISS"
+    );
+}
+
+#[tokio::test]
+async fn rule_heuristic_off_ignores_default_ttl() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "default_ttl: 60s, heuristic: false", "")).await;
+    let path = resp("hoff", &[]);
+    get(&gw, &path, &[]).await;
+    let (_, h, _) = get(&gw, &path, &[]).await;
+    assert_eq!(x_cache(&h), "MISS");
+    assert!(cache_status(&h).ends_with("detail=no-freshness"));
 }

@@ -144,6 +144,41 @@ fn references_and_server_lists_are_checked() {
 }
 
 #[test]
+fn cache_rules_are_checked() {
+    let with = |cache: &str| {
+        GOOD.replace(
+            "path_prefix: /a }",
+            &format!("path_prefix: /a }}, cache: {{ {cache} }}"),
+        )
+    };
+    assert_refused(
+        &with("min_ttl: 60s, max_ttl: 1s"),
+        &[],
+        "routes[0].cache.min_ttl: must not exceed max_ttl",
+    );
+    assert_refused(
+        &with("key: { query_allow: [a], query_ignore: [b] }"),
+        &[],
+        "routes[0].cache.key.query_allow: set query_allow or query_ignore, not both",
+    );
+    assert_refused(
+        &with("key: { query: some }"),
+        &[],
+        "routes[0].cache.key.query: \"some\": expected all or none",
+    );
+    assert_refused(
+        &with("bypass: { headers: [\"bad header\"] }"),
+        &[],
+        "routes[0].cache.bypass.headers[0]",
+    );
+    assert_refused(
+        &with("keys: {}"),
+        &[],
+        "routes[0].cache.keys: unknown field",
+    );
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let yaml = GOOD
         .replace("name: b", "name: a")

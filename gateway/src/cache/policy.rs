@@ -13,7 +13,7 @@ use pingora::cache::{
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::RouteCache;
+use crate::config::{QueryKey, RouteCache};
 
 /// Statuses that are cacheable by default (RFC 9110 §15.1), where a heuristic
 /// freshness lifetime may apply. 206 is left out: partial content is not stored.
@@ -21,12 +21,42 @@ const HEURISTIC: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 
 
 /// The cache key: scheme, host, path and query, each length-prefixed so that no
 /// two different requests frame to the same key. Vary variance is added by Pingora.
-pub fn key(req: &RequestHeader) -> CacheKey {
-    key_for(
-        request_host(req),
-        req.uri.path(),
-        req.uri.query().unwrap_or(""),
-    )
+pub fn key(req: &RequestHeader, rule: &RouteCache) -> CacheKey {
+    let query = normalize_query(req.uri.query().unwrap_or(""), &rule.query);
+    key_for(request_host(req), req.uri.path(), &query)
+}
+
+/// The query as the rule counts it: parameters kept per the rule, sorted by
+/// name (then value, keeping the original encoding), so that `?b=1&a=2` and
+/// `?a=2&b=1` share an entry.
+pub fn normalize_query(query: &str, rule: &QueryKey) -> String {
+    if matches!(rule, QueryKey::None) || query.is_empty() {
+        return String::new();
+    }
+    let name = |p: &str| p.split_once('=').map_or(p, |(n, _)| n).to_owned();
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| match rule {
+            QueryKey::Allow(allowed) => allowed.iter().any(|a| *a == name(p)),
+            QueryKey::Ignore(ignored) => !ignored.iter().any(|i| *i == name(p)),
+            QueryKey::All | QueryKey::None => true,
+        })
+        .collect();
+    params.sort_by(|a, b| name(a).cmp(&name(b)).then(a.cmp(b)));
+    params.join("&")
+}
+
+/// The value of cookie `name` in the request, if any.
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
 }
 
 /// The host a request is for: the target's authority, else `Host`.
@@ -56,9 +86,25 @@ pub fn key_for(host: &str, path: &str, query: &str) -> CacheKey {
 
 /// The variance of a stored response for this request: the values of every
 /// header its `Vary` lists (names lowercased, values with surrounding
-/// whitespace trimmed and inner runs of spaces collapsed, RFC 9111 §4.1).
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+/// whitespace trimmed and inner runs of spaces collapsed, RFC 9111 §4.1), and
+/// of the headers and cookies the rule adds to the key. Variants share the
+/// URI's primary key, so invalidation and purge reach all of them.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader, rule: &RouteCache) -> Option<HashBinary> {
     let mut vb = VarianceBuilder::new();
+    for name in &rule.key_headers {
+        let value: Vec<u8> = req
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| normalize(v.as_bytes()))
+            .collect::<Vec<_>>()
+            .join(&b","[..]);
+        vb.add_owned_name_value(format!("rule-header:{name}"), value);
+    }
+    for name in &rule.key_cookies {
+        let value = cookie(req, name).unwrap_or("").as_bytes().to_vec();
+        vb.add_owned_name_value(format!("rule-cookie:{name}"), value);
+    }
     for v in meta.headers().get_all(header::VARY) {
         let Ok(list) = v.to_str() else { continue };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -145,7 +191,7 @@ pub fn decide(req: &RequestHeader, resp: &ResponseHeader, rule: &RouteCache) -> 
     let public = cc
         .as_ref()
         .is_some_and(|cc| cc.is_cacheable() == CcCacheable::Yes);
-    let lifetime = match explicit {
+    let mut lifetime = match explicit {
         Some(d) => d,
         None if HEURISTIC.contains(&status) || public => match rule.default_ttl {
             Some(d) => d,
@@ -153,6 +199,17 @@ pub fn decide(req: &RequestHeader, resp: &ResponseHeader, rule: &RouteCache) -> 
         },
         None => return uncacheable(NO_FRESHNESS),
     };
+    // Rule clamps: a cap is always safe; a floor never makes no-cache or
+    // must-revalidate content fresh that the origin wants validated.
+    if let Some(max) = rule.max_ttl {
+        lifetime = lifetime.min(max);
+    }
+    let validate_always = cc
+        .as_ref()
+        .is_some_and(|cc| cc.no_cache() || cc.must_revalidate() || cc.proxy_revalidate());
+    if let (Some(min), false) = (rule.min_ttl, validate_always) {
+        lifetime = lifetime.max(min);
+    }
     // RFC 9111 §4.2.3: the response may already have aged on the way here.
     let age = resp
         .headers
@@ -208,11 +265,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn queries_are_sorted_and_filtered_by_rule() {
+        let all = QueryKey::All;
+        assert_eq!(normalize_query("b=1&a=2&a=1", &all), "a=1&a=2&b=1");
+        assert_eq!(
+            normalize_query("b=1&utm=x&a", &QueryKey::Ignore(vec!["utm".into()])),
+            "a&b=1"
+        );
+        assert_eq!(
+            normalize_query("b=1&page=2&x=3", &QueryKey::Allow(vec!["page".into()])),
+            "page=2"
+        );
+        assert_eq!(normalize_query("b=1", &QueryKey::None), "");
+    }
+
+    #[test]
     fn keys_frame_their_parts() {
+        let rule = crate::config::from_yaml_str(
+            "upstreams: { a: { servers: [\"127.0.0.1:1\"] } }\nroutes: [{ name: r, upstream: a, cache: {} }]",
+        )
+        .unwrap()
+        .routes[0]
+            .cache
+            .clone()
+            .unwrap();
         let k = |p: &str, host: &str| {
             let mut r = RequestHeader::build("GET", p.as_bytes(), None).unwrap();
             r.insert_header("host", host).unwrap();
-            key(&r).primary_key().to_vec()
+            key(&r, &rule).primary_key().to_vec()
         };
         assert_ne!(k("/a?b", "x"), k("/a%3Fb", "x"));
         assert_eq!(k("/a", "X.example"), k("/a", "x.example"));

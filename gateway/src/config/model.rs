@@ -219,6 +219,33 @@ pub struct RouteCache {
     pub cache_set_cookie: bool,
     /// Pass `Surrogate-Key` / `Cache-Tag` on to clients.
     pub keep_surrogate_keys: bool,
+    /// Freshness lifetime floor (never applied to no-cache or must-revalidate).
+    pub min_ttl: Option<Duration>,
+    /// Freshness lifetime cap.
+    pub max_ttl: Option<Duration>,
+    /// How the query counts in the key.
+    pub query: QueryKey,
+    /// Request headers (lowercase) that vary the stored response.
+    pub key_headers: Vec<http::HeaderName>,
+    /// Cookies that vary the stored response.
+    pub key_cookies: Vec<String>,
+    /// Cookies whose presence bypasses the cache.
+    pub bypass_cookies: Vec<String>,
+    /// Headers whose presence bypasses the cache.
+    pub bypass_headers: Vec<http::HeaderName>,
+}
+
+/// How the query string counts in the cache key (always sorted by name).
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryKey {
+    /// Every parameter.
+    All,
+    /// No parameter.
+    None,
+    /// Only these.
+    Allow(Vec<String>),
+    /// All but these.
+    Ignore(Vec<String>),
 }
 
 /// `routes[i].limits.queue:`
@@ -606,6 +633,71 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
     }
 }
 
+fn header_names(c: &mut Checker, key: &str, names: &[String]) -> Vec<http::HeaderName> {
+    let mut out = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        match http::HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()) {
+            Ok(h) => out.push(h),
+            Err(_) => c.fail(format!("{key}[{i}]"), format!("{n:?} is not a header name")),
+        }
+    }
+    out
+}
+
+fn route_cache(c: &mut Checker, key: &str, rc: &raw::RawRouteCache) -> RouteCache {
+    if let (Some(min), Some(max)) = (rc.min_ttl, rc.max_ttl) {
+        if min > max {
+            c.fail(format!("{key}.min_ttl"), "must not exceed max_ttl");
+        }
+    }
+    let k = &rc.key;
+    let query = match (
+        k.query.as_str(),
+        k.query_allow.is_empty(),
+        k.query_ignore.is_empty(),
+    ) {
+        (_, false, false) => {
+            c.fail(
+                format!("{key}.key.query_allow"),
+                "set query_allow or query_ignore, not both",
+            );
+            QueryKey::All
+        }
+        ("all", true, true) => QueryKey::All,
+        ("all", false, true) => QueryKey::Allow(k.query_allow.clone()),
+        ("all", true, false) => QueryKey::Ignore(k.query_ignore.clone()),
+        ("none", true, true) => QueryKey::None,
+        ("none", _, _) => {
+            c.fail(
+                format!("{key}.key.query"),
+                "query: none takes no query_allow / query_ignore",
+            );
+            QueryKey::None
+        }
+        (other, _, _) => {
+            c.fail(
+                format!("{key}.key.query"),
+                format!("{other:?}: expected all or none"),
+            );
+            QueryKey::All
+        }
+    };
+    RouteCache {
+        default_ttl: rc.default_ttl.filter(|_| rc.heuristic),
+        stale_while_revalidate: rc.stale_while_revalidate,
+        stale_if_error: rc.stale_if_error,
+        cache_set_cookie: rc.cache_set_cookie,
+        keep_surrogate_keys: rc.keep_surrogate_keys,
+        min_ttl: rc.min_ttl,
+        max_ttl: rc.max_ttl,
+        query,
+        key_headers: header_names(c, &format!("{key}.key.headers"), &k.headers),
+        key_cookies: k.cookies.clone(),
+        bypass_cookies: rc.bypass.cookies.clone(),
+        bypass_headers: header_names(c, &format!("{key}.bypass.headers"), &rc.bypass.headers),
+    }
+}
+
 /// Resolves `host:port` to every address it names (like nginx's `server` lines).
 fn resolve(spec: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(a) = spec.parse::<SocketAddr>() {
@@ -749,13 +841,7 @@ fn route(
         .cache
         .as_ref()
         .filter(|rc| rc.enabled)
-        .map(|rc| RouteCache {
-            default_ttl: rc.default_ttl,
-            stale_while_revalidate: rc.stale_while_revalidate,
-            stale_if_error: rc.stale_if_error,
-            cache_set_cookie: rc.cache_set_cookie,
-            keep_surrogate_keys: rc.keep_surrogate_keys,
-        });
+        .map(|rc| route_cache(c, &format!("{key}.cache"), rc));
 
     let rl = &rr.limits;
     let limits = RouteLimits {

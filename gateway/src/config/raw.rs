@@ -342,6 +342,56 @@ pub struct RawRouteCache {
     pub cache_set_cookie: bool,
     /// Pass `Surrogate-Key` / `Cache-Tag` from the origin on to clients.
     pub keep_surrogate_keys: bool,
+    /// Shortest freshness lifetime given to a storable response.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Option<Duration>,
+    /// Longest freshness lifetime given to a stored response.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Option<Duration>,
+    /// Use `default_ttl` for responses without explicit freshness.
+    pub heuristic: bool,
+    /// How the cache key is made.
+    pub key: RawCacheKey,
+    /// Requests that skip the cache (no lookup, no store).
+    pub bypass: RawBypass,
+}
+
+/// `routes[i].cache.key:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCacheKey {
+    /// `all` (sorted) or `none`.
+    pub query: String,
+    /// Only these query parameters count (sorted).
+    pub query_allow: Vec<String>,
+    /// These query parameters do not count.
+    pub query_ignore: Vec<String>,
+    /// Request headers whose values vary the stored response.
+    pub headers: Vec<String>,
+    /// Cookies whose values vary the stored response.
+    pub cookies: Vec<String>,
+}
+
+impl Default for RawCacheKey {
+    fn default() -> Self {
+        Self {
+            query: "all".into(),
+            query_allow: Vec::new(),
+            query_ignore: Vec::new(),
+            headers: Vec::new(),
+            cookies: Vec::new(),
+        }
+    }
+}
+
+/// `routes[i].cache.bypass:`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBypass {
+    /// Skip the cache when the request has any of these cookies.
+    pub cookies: Vec<String>,
+    /// Skip the cache when the request has any of these headers.
+    pub headers: Vec<String>,
 }
 
 impl Default for RawRouteCache {
@@ -353,6 +403,11 @@ impl Default for RawRouteCache {
             stale_if_error: None,
             cache_set_cookie: false,
             keep_surrogate_keys: false,
+            min_ttl: None,
+            max_ttl: None,
+            heuristic: true,
+            key: RawCacheKey::default(),
+            bypass: RawBypass::default(),
         }
     }
 }

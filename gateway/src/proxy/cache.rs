@@ -21,10 +21,25 @@ fn rule(ctx: &Ctx) -> Option<&RouteCache> {
     snap.config.routes[route].cache.as_ref()
 }
 
-/// Turns the cache on for GET and HEAD on routes with a cache rule.
+/// Turns the cache on for GET and HEAD on routes with a cache rule, unless a
+/// bypass condition of the rule holds.
 pub(super) fn enable(session: &mut Session, ctx: &mut Ctx) {
     let method = &session.req_header().method;
-    if !(method == Method::GET || method == Method::HEAD) || rule(ctx).is_none() {
+    let Some(rule) = rule(ctx) else { return };
+    if !(method == Method::GET || method == Method::HEAD) {
+        return;
+    }
+    let req = session.req_header();
+    if rule
+        .bypass_headers
+        .iter()
+        .any(|h| req.headers.contains_key(h))
+        || rule
+            .bypass_cookies
+            .iter()
+            .any(|c| policy::cookie(req, c).is_some())
+    {
+        ctx.cache.bypassed = true;
         return;
     }
     let (Some(store), Some((snap, _))) = (cache::store(), ctx.routed()) else {
@@ -38,13 +53,15 @@ pub(super) fn enable(session: &mut Session, ctx: &mut Ctx) {
 }
 
 /// The request's cache key.
-pub(super) fn key(session: &Session) -> CacheKey {
-    policy::key(session.req_header())
+pub(super) fn key(session: &Session, ctx: &Ctx) -> Result<CacheKey> {
+    let rule = rule(ctx)
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a rule"))?;
+    Ok(policy::key(session.req_header(), rule))
 }
 
-/// The Vary variance of `req` against a stored response's `Vary`.
-pub(super) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-    policy::variance(meta, req)
+/// The variance of `req` against a stored response's `Vary` and the rule's key.
+pub(super) fn variance(meta: &CacheMeta, req: &RequestHeader, ctx: &Ctx) -> Option<HashBinary> {
+    policy::variance(meta, req, rule(ctx)?)
 }
 
 /// Whether (and until when) the upstream response is stored.
@@ -100,7 +117,12 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
             resp.remove_header(h);
         }
     }
-    let Some((outcome, detail)) = CacheOutcome::from_phase(&session.cache.phase()) else {
+    let phase = CacheOutcome::from_phase(&session.cache.phase());
+    let Some((outcome, detail)) = phase.or(ctx
+        .cache
+        .bypassed
+        .then_some((CacheOutcome::Bypass, Some("rule"))))
+    else {
         return Ok(());
     };
     // A response that was not stored is a plain miss only if storing was tried.
@@ -126,6 +148,7 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
     let stored = ctx.cache.stored && matches!(outcome, CacheOutcome::Miss | CacheOutcome::Expired);
     let detail = match outcome {
         CacheOutcome::Uncacheable => detail.or(Some("uncacheable")),
+        CacheOutcome::Bypass => detail,
         _ => None,
     };
     let show_key = ctx
@@ -149,7 +172,7 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
 /// RFC 9111 §4.4: a non-error response to an unsafe (or unknown) method
 /// invalidates what is stored for the target URI and for a same-origin
 /// `Location` / `Content-Location`, all Vary variants, whatever route matched.
-pub(super) fn invalidate(session: &Session, resp: &ResponseHeader) {
+pub(super) fn invalidate(session: &Session, resp: &ResponseHeader, ctx: &Ctx) {
     let req = session.req_header();
     let safe = matches!(
         req.method,
@@ -158,10 +181,24 @@ pub(super) fn invalidate(session: &Session, resp: &ResponseHeader) {
     if safe || !(200..400).contains(&resp.status.as_u16()) {
         return;
     }
-    let Some(store) = cache::store() else { return };
+    let (Some(store), Some(snap)) = (cache::store(), ctx.snapshot.as_deref()) else {
+        return;
+    };
     use pingora::cache::key::CacheHashKey;
     let host = policy::request_host(req);
-    let mut removed = store.remove_uri(&policy::key(req).primary_bin());
+    // Stored under the key of the caching route that serves GET for the URI.
+    let remove = |path: &str, query: &str| -> usize {
+        let Some(i) = crate::routes::find(&snap.config.routes, &Method::GET, Some(host), path)
+        else {
+            return 0;
+        };
+        let Some(rule) = snap.config.routes[i].cache.as_ref() else {
+            return 0;
+        };
+        let key = policy::key_for(host, path, &policy::normalize_query(query, &rule.query));
+        store.remove_uri(&key.primary_bin())
+    };
+    let mut removed = remove(req.uri.path(), req.uri.query().unwrap_or(""));
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(target) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
@@ -174,8 +211,7 @@ pub(super) fn invalidate(session: &Session, resp: &ResponseHeader) {
             Some(a) => a.as_str().eq_ignore_ascii_case(host) && uri.scheme_str() == Some("http"),
         };
         if same_origin {
-            let key = policy::key_for(host, uri.path(), uri.query().unwrap_or(""));
-            removed += store.remove_uri(&key.primary_bin());
+            removed += remove(uri.path(), uri.query().unwrap_or(""));
         }
     }
     if removed > 0 {

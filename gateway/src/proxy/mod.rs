@@ -72,6 +72,8 @@ pub struct CacheCtx {
     directives: crate::cache::request::RequestDirectives,
     /// A fresh stored response was not used because of the request's directives.
     by_request: bool,
+    /// A bypass condition of the rule held.
+    bypassed: bool,
 }
 
 impl Ctx {
@@ -133,17 +135,17 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn cache_key_callback(&self, session: &Session, _ctx: &mut Ctx) -> Result<CacheKey> {
-        Ok(cache::key(session))
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        cache::key(session, ctx)
     }
 
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        cache::variance(meta, req)
+        cache::variance(meta, req, ctx)
     }
 
     fn response_cache_filter(
@@ -201,7 +203,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         response::prepare_response(session, upstream_response, ctx)?;
-        cache::invalidate(session, upstream_response);
+        cache::invalidate(session, upstream_response, ctx);
         cache::annotate(session, upstream_response, ctx)
     }
 
