@@ -848,3 +848,41 @@ async fn rule_heuristic_off_ignores_default_ttl() {
     assert_eq!(x_cache(&h), "MISS");
     assert!(cache_status(&h).ends_with("detail=no-freshness"));
 }
+
+#[tokio::test]
+async fn vary_on_several_headers_with_normalised_values() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "", "")).await;
+    let path = resp(
+        "vary2",
+        &["Cache-Control:max-age=60", "Vary:Accept-Language, X-Format"],
+    );
+    get(
+        &gw,
+        &path,
+        &[("accept-language", "en"), ("x-format", "a  b")],
+    )
+    .await;
+    // Same values modulo whitespace: the same variant.
+    let (_, h, _) = get(
+        &gw,
+        &path,
+        &[("accept-language", " en "), ("x-format", "a b")],
+    )
+    .await;
+    assert_eq!(x_cache(&h), "HIT");
+    assert_eq!(
+        x_cache(
+            &get(&gw, &path, &[("accept-language", "en"), ("x-format", "c")])
+                .await
+                .1
+        ),
+        "MISS"
+    );
+    assert_eq!(
+        x_cache(&get(&gw, &path, &[("accept-language", "en")]).await.1),
+        "MISS",
+        "absent is a value too"
+    );
+    assert_eq!(origin.hits(), 3);
+}
