@@ -125,6 +125,14 @@ static CACHE_INVALIDATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static CACHE_COLLAPSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_cache_collapsed_total",
+        "Requests answered from an entry another request filled while they waited."
+    )
+    .expect("metric registers once")
+});
+
 static CACHE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("gateway_cache_entries", "Responses stored now.")
         .expect("metric registers once")
@@ -243,6 +251,11 @@ pub fn cache_invalidated(n: usize) {
     CACHE_INVALIDATIONS.inc_by(n as u64);
 }
 
+/// Counts a request that waited for another to fill its entry.
+pub fn cache_collapsed() {
+    CACHE_COLLAPSED.inc();
+}
+
 /// Counts an eviction.
 pub fn cache_eviction() {
     CACHE_EVICTIONS.inc();
@@ -262,6 +275,7 @@ pub fn init() {
     LazyLock::force(&CACHE_STORES);
     LazyLock::force(&CACHE_EVICTIONS);
     LazyLock::force(&CACHE_INVALIDATIONS);
+    LazyLock::force(&CACHE_COLLAPSED);
     LazyLock::force(&CACHE_ENTRIES);
     LazyLock::force(&CACHE_BYTES);
     LazyLock::force(&CACHE_CAPACITY);

@@ -53,7 +53,11 @@ pub fn main(cli: Cli) -> ExitCode {
     }
     exit_on_listener_panic();
     metrics::init();
-    crate::cache::init(config.cache.max_size, config.cache.max_object_size);
+    crate::cache::init(
+        config.cache.max_size,
+        config.cache.max_object_size,
+        config.cache.lock_timeout,
+    );
     let pid_file = PidFile::new(&config.pid_file);
     let shared = Shared::new(config, &cli.conf);
     let server = build(&shared, &cli);

@@ -7,6 +7,9 @@ pub mod request;
 pub mod storage;
 
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 
 pub use outcome::CacheOutcome;
 pub use storage::MemStorage;
@@ -15,9 +18,19 @@ pub use storage::MemStorage;
 /// fixed at start; a reload keeps it (and its contents).
 static STORE: OnceLock<MemStorage> = OnceLock::new();
 
-/// Creates the store; later calls keep the first one.
-pub fn init(max_size: u64, max_object_size: u64) -> &'static MemStorage {
+/// Coalesces concurrent misses for one key: one request goes upstream, the
+/// others wait for its response (bounded by `cache.lock_timeout`).
+static LOCK: OnceLock<Box<CacheLock>> = OnceLock::new();
+
+/// Creates the store and the lock; later calls keep the first ones.
+pub fn init(max_size: u64, max_object_size: u64, lock_timeout: Duration) -> &'static MemStorage {
+    LOCK.get_or_init(|| CacheLock::new_boxed(lock_timeout));
     STORE.get_or_init(|| MemStorage::new(max_size, max_object_size))
+}
+
+/// The miss lock, once created.
+pub fn lock() -> Option<&'static CacheKeyLockImpl> {
+    LOCK.get().map(|l| l.as_ref() as &CacheKeyLockImpl)
 }
 
 /// The store, once created.

@@ -184,6 +184,8 @@ pub struct Cache {
     pub purge_allow: Vec<IpNet>,
     /// Show the cache key in `Cache-Status`.
     pub status_key: bool,
+    /// Longest wait behind another request filling the same key.
+    pub lock_timeout: Duration,
 }
 
 /// How a route matches the request host.
@@ -470,6 +472,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
         max_object_size: rcache.max_object_size.as_u64(),
         purge_allow: c.nets("cache.purge_allow", &rcache.purge_allow),
         status_key: rcache.status_key,
+        lock_timeout: c.positive("cache.lock_timeout", rcache.lock_timeout),
     };
 
     if raw.routes.is_empty() {

@@ -269,6 +269,10 @@ pub struct RawCache {
     pub purge_allow: Vec<String>,
     /// Add the cache key to `Cache-Status` (`key=`), for debugging.
     pub status_key: bool,
+    /// Concurrent misses for one key wait this long for the first one's
+    /// response, then go upstream themselves.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
 }
 
 impl Default for RawCache {
@@ -278,6 +282,7 @@ impl Default for RawCache {
             max_object_size: Size(8 << 20),
             purge_allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
             status_key: false,
+            lock_timeout: Duration::from_secs(5),
         }
     }
 }

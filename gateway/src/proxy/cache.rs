@@ -46,8 +46,12 @@ pub(super) fn enable(session: &mut Session, ctx: &mut Ctx) {
         return;
     };
     let max_object = snap.config.cache.max_object_size as usize;
+    let mut overrides = pingora::cache::CacheOptionOverrides::default();
+    overrides.wait_timeout = Some(snap.config.cache.lock_timeout);
     ctx.cache.directives = crate::cache::request::RequestDirectives::parse(session.req_header());
-    session.cache.enable(store, None, None, None, None);
+    session
+        .cache
+        .enable(store, None, None, cache::lock(), Some(overrides));
     session.cache.set_max_file_size_bytes(max_object);
     ctx.cache.enabled = true;
 }
@@ -156,7 +160,7 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
         .is_some_and(|(snap, _)| snap.config.cache.status_key);
     let key = show_key
         .then(|| String::from_utf8_lossy(session.cache.cache_key().primary_key()).into_owned());
-    let value = outcome.cache_status(
+    let mut value = outcome.cache_status(
         ttl,
         stored,
         fwd_status,
@@ -164,6 +168,11 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
         key.as_deref(),
         ctx.cache.by_request,
     );
+    if session.cache.lock_duration().is_some() && outcome == CacheOutcome::Hit {
+        // Waited for another request to fill the entry (RFC 9211 `collapsed`).
+        value.push_str("; collapsed");
+        crate::metrics::cache_collapsed();
+    }
     resp.append_header("cache-status", value)?;
     resp.insert_header("x-cache", outcome.x_cache())?;
     Ok(())

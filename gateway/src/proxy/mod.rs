@@ -168,6 +168,18 @@ impl ProxyHttp for Gateway {
         Ok(cache::on_hit(session, meta, is_fresh, ctx))
     }
 
+    /// Stale-while-revalidate (no error: Pingora has already checked the entry's
+    /// window and that this request holds or waits on the refresh) and
+    /// stale-if-error for upstream failures and 5xx.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
+    }
+
     /// Runs on a cache miss only, before going upstream.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         Ok(!cache::only_if_cached(session, ctx).await?)

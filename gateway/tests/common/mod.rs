@@ -156,12 +156,14 @@ impl Drop for Origin {
 
 /// `/resp...?status=200&size=10&h=Name:Value&...`: a response built from the query
 /// (percent-decoded), its body `size` bytes of `x`; with `inm304`, a request whose
-/// `If-None-Match` equals the scripted `ETag` gets 304.
+/// `If-None-Match` equals the scripted `ETag` gets 304; `delay=ms` answers late;
+/// `failable` answers 500 while [`Origin::healthy`] is false.
 async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     let mut status = 200u16;
     let mut size = 5usize;
     let mut headers = Vec::new();
     let mut honour_inm = false;
+    let mut delay_ms = 0u64;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v);
@@ -169,6 +171,9 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
             "status" => status = v.parse().unwrap(),
             "size" => size = v.parse().unwrap(),
             "inm304" => honour_inm = true,
+            "delay" => delay_ms = v.parse().unwrap(),
+            // Answers 500 while the origin is marked unhealthy.
+            "failable" if !s.healthy.load(Ordering::SeqCst) => status = 500,
             "h" => {
                 let (name, value) = v.split_once(':').unwrap();
                 headers.push((name.trim().to_owned(), value.trim().to_owned()));
@@ -191,6 +196,9 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
         size = 0;
     }
     s.seen.lock().await.push(seen);
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
     let mut resp = Response::new(Body::from(vec![b'x'; size]));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
     for (k, v) in headers {

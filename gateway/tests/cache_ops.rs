@@ -1,0 +1,166 @@
+//! Response cache, part 3: coalescing and stale serving.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(origin_addr: &str, cache_block: &str) -> String {
+    format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+cache: {{ {cache_block} }}
+upstreams:
+  app: {{ servers: ["{origin_addr}"], read_timeout: 5s }}
+routes:
+  - {{ name: cached, match: {{ path_prefix: /resp }}, upstream: app, cache: {{ enabled: true }} }}
+"#
+    )
+}
+
+fn resp(id: &str, query: &str) -> String {
+    format!("/resp/{id}?size=100&{query}")
+}
+
+async fn get(gw: &Gateway, path: &str) -> (u16, String, String) {
+    let r = client().get(gw.url(path)).send().await.unwrap();
+    let status = r.status().as_u16();
+    let x = r
+        .headers()
+        .get("x-cache")
+        .map_or("-".into(), |v| v.to_str().unwrap().to_owned());
+    let cs = r
+        .headers()
+        .get("cache-status")
+        .map_or("-".into(), |v| v.to_str().unwrap().to_owned());
+    r.bytes().await.unwrap();
+    (status, x, cs)
+}
+
+#[tokio::test]
+async fn concurrent_misses_send_one_request_upstream() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin.addr.to_string(), "")).await;
+    let path = resp("coalesce", "h=Cache-Control:max-age%3D60&delay=500");
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let url = gw.url(&path);
+        tasks.push(tokio::spawn(async move {
+            let r = client().get(url).send().await.unwrap();
+            let cs = r.headers()["cache-status"].to_str().unwrap().to_owned();
+            (r.status().as_u16(), cs)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    assert_eq!(origin.hits(), 1, "exactly one origin request: {results:?}");
+    let collapsed = results
+        .iter()
+        .filter(|(_, cs)| cs.contains("collapsed"))
+        .count();
+    assert!(collapsed >= 8, "the waiters say collapsed: {results:?}");
+    gw.wait_metrics(&[&format!("gateway_cache_collapsed_total {collapsed}")])
+        .await;
+}
+
+#[tokio::test]
+async fn waiters_go_upstream_themselves_after_the_lock_timeout() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin.addr.to_string(), "lock_timeout: 300ms")).await;
+    let path = resp("slowfill", "h=Cache-Control:max-age%3D60&delay=2000");
+    let started = Instant::now();
+    let first = tokio::spawn(client().get(gw.url(&path)).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(client().get(gw.url(&path)).send());
+    let r2 = second.await.unwrap().unwrap();
+    assert_eq!(r2.status(), 200);
+    let r1 = first.await.unwrap().unwrap();
+    assert_eq!(r1.status(), 200);
+    assert_eq!(
+        origin.hits(),
+        2,
+        "the waiter gave up after 300ms and fetched itself"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin.addr.to_string(), "")).await;
+    let path = resp(
+        "swr",
+        "h=Cache-Control:max-age%3D1%2C%20stale-while-revalidate%3D60&delay=300",
+    );
+    get(&gw, &path).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let started = Instant::now();
+    let mut xs = Vec::new();
+    for _ in 0..3 {
+        xs.push(get(&gw, &path).await.1);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "no request waited for the origin: {xs:?}"
+    );
+    assert_eq!(xs[0], "STALE", "{xs:?}");
+    // One background refresh, then fresh hits.
+    let deadline = Instant::now() + WAIT;
+    while origin.hits() < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(origin.hits(), 2, "one refresh for the key");
+    assert_eq!(get(&gw, &path).await.1, "HIT");
+}
+
+#[tokio::test]
+async fn stale_if_error_covers_a_dead_origin_and_5xx_but_not_must_revalidate() {
+    // The upstream is an origin we can stop; the 5xx case uses a second one.
+    let origin = Origin::start("a").await;
+    let addr = origin.addr.to_string();
+    let gw = Gateway::start(&config(&addr, "")).await;
+    let sie = resp(
+        "sie",
+        "h=Cache-Control:max-age%3D1%2C%20stale-if-error%3D60",
+    );
+    let strict = resp(
+        "sie-mr",
+        "h=Cache-Control:max-age%3D1%2C%20stale-if-error%3D60%2C%20must-revalidate",
+    );
+    assert_eq!(get(&gw, &sie).await.0, 200);
+    assert_eq!(get(&gw, &strict).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    drop(origin); // the origin is gone: connections are refused
+    let (s, x, cs) = get(&gw, &sie).await;
+    assert_eq!((s, x.as_str()), (200, "STALE"), "{cs}");
+    let (s, _, _) = get(&gw, &strict).await;
+    assert_eq!(s, 502, "must-revalidate: no stale copy on error");
+
+    let origin2 = Origin::start("b").await;
+    let gw2 = Gateway::start(&config(&origin2.addr.to_string(), "")).await;
+    let flaky = resp(
+        "sie5",
+        "h=Cache-Control:max-age%3D1%2C%20stale-if-error%3D60&failable",
+    );
+    assert_eq!(get(&gw2, &flaky).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    origin2
+        .healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst); // now it answers 500
+    let (s, x, cs) = get(&gw2, &flaky).await;
+    assert_eq!(
+        (s, x.as_str()),
+        (200, "STALE"),
+        "a 5xx is covered by stale-if-error: {cs}"
+    );
+    origin2
+        .healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+}
