@@ -7,6 +7,8 @@
 //! | `GET /metrics` | open: Prometheus text format |
 //! | `GET /upstreams` | token: servers of every upstream and their health |
 //! | `GET /config` | token: the running configuration (secrets redacted), last reload |
+//! | `GET /cache/stats` | token: entries, bytes, capacity, outcomes, hit ratio |
+//! | `POST /cache/purge` | token: `{"url"|"prefix"|"tag"|"all", "soft"}` → `{"purged": n}` |
 //!
 //! Token-protected endpoints (`/stats`, `/cache/*`, `/upstreams`, `/config`, ...)
 //! answer with `Authorization: Bearer <token>` checked by [`authorize`].
@@ -91,7 +93,16 @@ impl ServeHttp for AdminApp {
                 }
                 Err(denied) => denied.response(&id),
             },
-            "/health" | "/ready" | "/metrics" | "/upstreams" | "/config" => Response::builder()
+            "/cache/stats" if get => match self.check_token(session) {
+                Ok(()) => json_value(StatusCode::OK, &cache_stats()),
+                Err(denied) => denied.response(&id),
+            },
+            "/cache/purge" if req.method == Method::POST => match self.check_token(session) {
+                Ok(()) => self.purge(session, &id).await,
+                Err(denied) => denied.response(&id),
+            },
+            "/health" | "/ready" | "/metrics" | "/upstreams" | "/config" | "/cache/stats"
+            | "/cache/purge" => Response::builder()
                 .status(StatusCode::METHOD_NOT_ALLOWED)
                 .header(header::ALLOW, "GET, HEAD")
                 .header(header::CONTENT_TYPE, "application/json")
@@ -123,7 +134,87 @@ impl ServeHttp for AdminApp {
     }
 }
 
+/// `GET /cache/stats`.
+fn cache_stats() -> serde_json::Value {
+    let totals = metrics::cache_totals();
+    let get = |k: &str| totals.get(k).copied().unwrap_or(0);
+    let hits = get("hit");
+    let lookups: u64 = [
+        "hit",
+        "miss",
+        "stale",
+        "revalidated",
+        "expired",
+        "uncacheable",
+    ]
+    .iter()
+    .map(|k| get(k))
+    .sum();
+    let (entries, bytes, capacity) =
+        crate::cache::store().map_or((0, 0, 0), |s| (s.len() as u64, s.weight(), s.capacity()));
+    serde_json::json!({
+        "entries": entries,
+        "bytes": bytes,
+        "capacity": capacity,
+        "hits": hits,
+        "misses": get("miss") + get("uncacheable"),
+        "stale_served": get("stale"),
+        "revalidations": get("revalidated") + get("expired"),
+        "bypasses": get("bypass"),
+        "collapsed_waits": get("collapsed"),
+        "stores": get("stores"),
+        "evictions": get("evictions"),
+        "purged": get("purged"),
+        "invalidations": get("invalidations"),
+        "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
+    })
+}
+
+fn json_value(status: StatusCode, v: &serde_json::Value) -> http::Result<Response<Vec<u8>>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(v).unwrap_or_default())
+}
+
 impl AdminApp {
+    /// `POST /cache/purge`: body at most 64 KiB of JSON.
+    async fn purge(
+        &self,
+        session: &mut ServerSession,
+        id: &str,
+    ) -> http::Result<Response<Vec<u8>>> {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > 64 * 1024 {
+                        return error(StatusCode::PAYLOAD_TOO_LARGE, "purge request too large", id);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    return error(StatusCode::BAD_REQUEST, "cannot read the request body", id)
+                }
+            }
+        }
+        let req: crate::cache::purge::PurgeRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid purge request: {e}"),
+                    id,
+                )
+            }
+        };
+        match crate::cache::purge::execute(&req, &self.shared.snapshot()) {
+            Ok(n) => json_value(StatusCode::OK, &serde_json::json!({ "purged": n })),
+            Err(msg) => error(StatusCode::UNPROCESSABLE_ENTITY, &msg, id),
+        }
+    }
+
     fn check_token(&self, session: &ServerSession) -> Result<(), Denied> {
         let snap = self.shared.snapshot();
         let auth = session.req_header().headers.get(header::AUTHORIZATION);
@@ -155,6 +246,13 @@ impl Denied {
                 .body(json_error("missing or wrong bearer token", id).to_vec()),
         }
     }
+}
+
+fn error(status: StatusCode, message: &str, id: &str) -> http::Result<Response<Vec<u8>>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(json_error(message, id).to_vec())
 }
 
 fn json(status: StatusCode, body: &'static str) -> http::Result<Response<Vec<u8>>> {

@@ -49,6 +49,9 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// `PURGE` from an address outside `cache.purge_allow`.
+    #[error("PURGE is not allowed from this address")]
+    PurgeNotAllowed,
     /// `Cache-Control: only-if-cached` and nothing suitable is stored.
     #[error("not in cache (only-if-cached)")]
     NotCached,
@@ -64,6 +67,7 @@ impl GatewayError {
             Self::NoRoute => 404,
             Self::BadPath | Self::BadRequest => 400,
             Self::Forbidden => 403,
+            Self::PurgeNotAllowed => 405,
             Self::UnsupportedTransferCoding => 501,
             Self::BodyTooLarge => 413,
             Self::TooManyHeaders | Self::HeaderTooLarge => 431,
@@ -90,6 +94,7 @@ impl GatewayError {
             Self::ConnectTimeout => "connect_timeout",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NotCached => "not_cached",
+            Self::PurgeNotAllowed => "purge_not_allowed",
             Self::Internal => "internal",
         }
     }

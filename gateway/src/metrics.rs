@@ -133,6 +133,14 @@ static CACHE_COLLAPSED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static CACHE_PURGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_cache_purged_total",
+        "Entries removed or expired by purges (admin or PURGE)."
+    )
+    .expect("metric registers once")
+});
+
 static CACHE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("gateway_cache_entries", "Responses stored now.")
         .expect("metric registers once")
@@ -256,6 +264,51 @@ pub fn cache_collapsed() {
     CACHE_COLLAPSED.inc();
 }
 
+/// Counts entries touched by a purge.
+pub fn cache_purged(n: usize) {
+    CACHE_PURGES.inc_by(n as u64);
+}
+
+/// Totals for `/cache/stats`: requests by cache outcome label (all routes),
+/// and the store counters.
+pub fn cache_totals() -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for fam in prometheus::gather() {
+        match fam.name() {
+            "gateway_cache_requests_total" => {
+                for m in fam.get_metric() {
+                    let label = m
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == "cache")
+                        .map(|l| l.value().to_owned());
+                    if let Some(label) = label {
+                        *out.entry(label).or_insert(0) += m.get_counter().value() as u64;
+                    }
+                }
+            }
+            name @ ("gateway_cache_stores_total"
+            | "gateway_cache_evictions_total"
+            | "gateway_cache_collapsed_total"
+            | "gateway_cache_purged_total"
+            | "gateway_cache_invalidations_total") => {
+                let v = fam
+                    .get_metric()
+                    .first()
+                    .map_or(0.0, |m| m.get_counter().value());
+                out.insert(
+                    name.trim_start_matches("gateway_cache_")
+                        .trim_end_matches("_total")
+                        .to_owned(),
+                    v as u64,
+                );
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Counts an eviction.
 pub fn cache_eviction() {
     CACHE_EVICTIONS.inc();
@@ -276,6 +329,7 @@ pub fn init() {
     LazyLock::force(&CACHE_EVICTIONS);
     LazyLock::force(&CACHE_INVALIDATIONS);
     LazyLock::force(&CACHE_COLLAPSED);
+    LazyLock::force(&CACHE_PURGES);
     LazyLock::force(&CACHE_ENTRIES);
     LazyLock::force(&CACHE_BYTES);
     LazyLock::force(&CACHE_CAPACITY);

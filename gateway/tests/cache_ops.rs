@@ -164,3 +164,165 @@ async fn stale_if_error_covers_a_dead_origin_and_5xx_but_not_must_revalidate() {
         .healthy
         .store(true, std::sync::atomic::Ordering::SeqCst);
 }
+
+const TOKEN: &str = "cache-admin-token-0123456789";
+
+fn admin_config(origin_addr: &str, cache_block: &str) -> String {
+    config(origin_addr, cache_block).replace(
+        r#"admin: { listen: "{admin}" }"#,
+        &format!(r#"admin: {{ listen: "{{admin}}", token: {TOKEN} }}"#),
+    )
+}
+
+async fn purge(gw: &Gateway, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(gw.admin_url("/cache/purge"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn purge_by_url_prefix_tag_all_and_soft() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&admin_config(&origin.addr.to_string(), "")).await;
+    let host = gw.listen.to_string();
+    let v = resp(
+        "p/one",
+        "h=Cache-Control:max-age%3D60&h=Vary:Accept-Language&h=Surrogate-Key:item-1%20items",
+    );
+    let two = resp(
+        "p/two",
+        "h=Cache-Control:max-age%3D60&h=Surrogate-Key:item-2%20items",
+    );
+    let other = resp("q/three", "h=Cache-Control:max-age%3D60&h=Cache-Tag:misc");
+    let fill = |gw: &Gateway| {
+        let (v, two, other) = (v.clone(), two.clone(), other.clone());
+        let urls = [gw.url(&v), gw.url(&two), gw.url(&other)];
+        async move {
+            for (i, u) in urls.iter().enumerate() {
+                let mut langs = vec!["en"];
+                if i == 0 {
+                    langs.push("fr");
+                }
+                for l in langs {
+                    client()
+                        .get(u)
+                        .header("accept-language", l)
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    };
+    let x = |path: String, lang: &'static str| {
+        let url = gw.url(&path);
+        async move {
+            let r = client()
+                .get(url)
+                .header("accept-language", lang)
+                .send()
+                .await
+                .unwrap();
+            r.headers()["x-cache"].to_str().unwrap().to_owned()
+        }
+    };
+
+    fill(&gw).await;
+    let (s, body) = purge(
+        &gw,
+        serde_json::json!({ "url": format!("http://{host}{v}") }),
+    )
+    .await;
+    assert_eq!(
+        (s, body["purged"].as_u64()),
+        (200, Some(2)),
+        "both variants"
+    );
+    assert_eq!(x(v.clone(), "fr").await, "MISS");
+    assert_eq!(x(two.clone(), "en").await, "HIT");
+
+    fill(&gw).await;
+    let (_, body) = purge(&gw, serde_json::json!({ "prefix": "/resp/p/" })).await;
+    assert_eq!(body["purged"], 3);
+    assert_eq!(x(two.clone(), "en").await, "MISS");
+    assert_eq!(x(other.clone(), "en").await, "HIT");
+
+    fill(&gw).await;
+    let (_, body) = purge(&gw, serde_json::json!({ "tag": "item-2" })).await;
+    assert_eq!(body["purged"], 1);
+    assert_eq!(x(two.clone(), "en").await, "MISS");
+    let (_, body) = purge(&gw, serde_json::json!({ "tag": "misc" })).await;
+    assert_eq!(body["purged"], 1, "Cache-Tag counts too");
+
+    fill(&gw).await;
+    let (_, body) = purge(&gw, serde_json::json!({ "all": true, "soft": true })).await;
+    assert_eq!(body["purged"], 4);
+    // Soft: still stored, but stale, so the next use goes to the origin.
+    let before = origin.hits();
+    assert_ne!(x(two.clone(), "en").await, "HIT");
+    assert_eq!(origin.hits(), before + 1);
+    let (_, body) = purge(&gw, serde_json::json!({ "all": true })).await;
+    assert_eq!(body["purged"], 4);
+
+    let (s, body) = purge(&gw, serde_json::json!({ "tag": "a", "all": true })).await;
+    assert_eq!(s, 422, "{body}");
+    let r = client()
+        .post(gw.admin_url("/cache/purge"))
+        .json(&serde_json::json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+
+    let stats = gw.admin_json("/cache/stats", TOKEN).await;
+    assert!(stats["purged"].as_u64().unwrap() >= 11, "{stats}");
+    assert!(stats["hits"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(stats["capacity"].as_u64().unwrap() > 0);
+    assert!(stats["hit_ratio"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn purge_method_only_from_allowed_peers() {
+    let origin = Origin::start("a").await;
+    let path = resp("pm", "h=Cache-Control:max-age%3D60");
+    let gw = Gateway::start(&config(&origin.addr.to_string(), "")).await;
+    get(&gw, &path).await;
+    let purge = reqwest::Method::from_bytes(b"PURGE").unwrap();
+    let r = client()
+        .request(purge.clone(), gw.url(&path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["purged"], 1);
+    assert_eq!(get(&gw, &path).await.1, "MISS");
+
+    let gw2 = Gateway::start(&config(
+        &origin.addr.to_string(),
+        r#"purge_allow: ["10.0.0.0/8"]"#,
+    ))
+    .await;
+    get(&gw2, &path).await;
+    let r = client()
+        .request(purge, gw2.url(&path))
+        .header("x-forwarded-for", "10.1.1.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        405,
+        "the socket peer decides, not forwarding headers"
+    );
+    assert_eq!(
+        json_error(r).await.0,
+        "PURGE is not allowed from this address"
+    );
+    assert_eq!(get(&gw2, &path).await.1, "HIT");
+}

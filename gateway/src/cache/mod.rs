@@ -3,6 +3,7 @@
 
 pub mod outcome;
 pub mod policy;
+pub mod purge;
 pub mod request;
 pub mod storage;
 

@@ -35,6 +35,10 @@ pub const ENTRY_OVERHEAD: u64 = 512;
 struct Entry {
     /// Hash of the URI part of the key (all Vary variants share it).
     primary: HashBinary,
+    /// The stored URI as host + path (for prefix purges).
+    uri: Arc<str>,
+    /// Purge tags from `Surrogate-Key` / `Cache-Tag` (space or comma separated).
+    tags: Arc<[String]>,
     header: ResponseHeader,
     header_bytes: u64,
     fresh_until: SystemTime,
@@ -47,8 +51,16 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(primary: HashBinary, meta: &CacheMeta, body: Bytes) -> Entry {
+    fn new(primary: HashBinary, uri: Arc<str>, meta: &CacheMeta, body: Bytes) -> Entry {
         let header = meta.response_header_copy();
+        let tags: Vec<String> = ["surrogate-key", "cache-tag"]
+            .iter()
+            .flat_map(|h| header.headers.get_all(*h))
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([' ', ',']))
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
         let header_bytes = header
             .headers
             .iter()
@@ -57,6 +69,8 @@ impl Entry {
             + 64;
         Entry {
             primary,
+            uri,
+            tags: tags.into(),
             header,
             header_bytes,
             fresh_until: meta.fresh_until(),
@@ -239,6 +253,58 @@ impl MemStorage {
         self.entries.insert(key, Arc::new(entry));
     }
 
+    /// Marks an entry stale (a soft purge): it then revalidates or serves stale
+    /// as its directives allow.
+    fn expire_entry(&self, key: HashBinary, entry: &Entry) {
+        let stale = Entry {
+            fresh_until: SystemTime::now() - std::time::Duration::from_secs(1),
+            header: entry.header.clone(),
+            uri: entry.uri.clone(),
+            tags: entry.tags.clone(),
+            body: entry.body.clone(),
+            ..*entry
+        };
+        self.entries.insert(key, Arc::new(stale));
+    }
+
+    /// Purges (or with `soft`, expires) every entry `pick` selects; returns how many.
+    pub fn purge_where(&self, soft: bool, pick: impl Fn(&str, &[String]) -> bool) -> usize {
+        let chosen: Vec<(HashBinary, Arc<Entry>)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| pick(&e.uri, &e.tags))
+            .collect();
+        for (key, entry) in &chosen {
+            if soft {
+                self.expire_entry(*key, entry);
+            } else if self.entries.remove(key).is_some() {
+                unindex(&self.index, &entry.primary, key);
+            }
+        }
+        chosen.len()
+    }
+
+    /// Purges (or expires) every variant of one URI; returns how many.
+    pub fn purge_uri(&self, primary: &HashBinary, soft: bool) -> usize {
+        if !soft {
+            return self.remove_uri(primary);
+        }
+        let keys = self
+            .index
+            .lock()
+            .ok()
+            .and_then(|idx| idx.get(primary).cloned())
+            .unwrap_or_default();
+        let mut n = 0;
+        for k in keys {
+            if let Some(e) = self.entries.get(&k) {
+                self.expire_entry(k, &e);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Removes every stored response of a URI, all Vary variants; returns how many.
     pub fn remove_uri(&self, primary: &HashBinary) -> usize {
         let keys = self
@@ -308,6 +374,7 @@ struct Miss {
     store: &'static MemStorage,
     key: HashBinary,
     primary: HashBinary,
+    uri: Arc<str>,
     meta: CacheMeta,
     chunks: Vec<Bytes>,
     size: usize,
@@ -338,8 +405,10 @@ impl HandleMiss for Miss {
         }
         let body = Bytes::from(all);
         let size = body.len();
-        self.store
-            .insert(self.key, Entry::new(self.primary, &self.meta, body));
+        self.store.insert(
+            self.key,
+            Entry::new(self.primary, self.uri.clone(), &self.meta, body),
+        );
         metrics::cache_store();
         Ok(MissFinishType::Created(size))
     }
@@ -375,6 +444,7 @@ impl Storage for MemStorage {
             store: self,
             key: key.combined_bin(),
             primary: key.primary_bin(),
+            uri: uri_of(key),
             meta: entry_meta(meta),
             chunks: Vec::new(),
             size: 0,
@@ -404,7 +474,10 @@ impl Storage for MemStorage {
         let Some(old) = self.entries.get(&k) else {
             return Ok(false);
         };
-        self.insert(k, Entry::new(old.primary, meta, old.body.clone()));
+        self.insert(
+            k,
+            Entry::new(old.primary, old.uri.clone(), meta, old.body.clone()),
+        );
         Ok(true)
     }
 
@@ -415,6 +488,35 @@ impl Storage for MemStorage {
 
 /// An owned copy of `meta` for a miss handler (`CacheMeta` is not `Clone`).
 fn entry_meta(meta: &CacheMeta) -> CacheMeta {
-    let e = Entry::new([0; 16], meta, Bytes::new());
+    let e = Entry::new([0; 16], Arc::from(""), meta, Bytes::new());
     e.meta()
+}
+
+/// `host` + `path` of a key built by [`super::policy::key_for`] (its framed
+/// parts are scheme, host, path, query).
+fn uri_of(key: &CacheKey) -> Arc<str> {
+    let mut rest = key.primary_key();
+    let mut parts = Vec::with_capacity(4);
+    while let Some(colon) = rest.iter().position(|b| *b == b':') {
+        let Some(len) = std::str::from_utf8(&rest[..colon])
+            .ok()
+            .and_then(|l| l.parse::<usize>().ok())
+        else {
+            break;
+        };
+        let start = colon + 1;
+        if start + len > rest.len() {
+            break;
+        }
+        parts.push(&rest[start..start + len]);
+        rest = &rest[start + len..];
+    }
+    match (parts.get(1), parts.get(2)) {
+        (Some(host), Some(path)) => Arc::from(format!(
+            "{}{}",
+            String::from_utf8_lossy(host),
+            String::from_utf8_lossy(path)
+        )),
+        _ => Arc::from(""),
+    }
 }

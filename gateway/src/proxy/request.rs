@@ -65,6 +65,10 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
         response::respond_error(session, ctx, err).await?;
         return Ok(true);
     }
+    if session.req_header().method.as_str() == "PURGE" {
+        purge(session, ctx, &snap).await?;
+        return Ok(true);
+    }
     let req = session.req_header();
     let path = req.uri.path();
     if !routes::path_is_canonical(path) {
@@ -144,4 +148,34 @@ pub(super) fn count_body(body: &Option<Bytes>, ctx: &mut Ctx) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `PURGE <url>`: drops that URL (all variants) from the cache, only for socket
+/// peers in `cache.purge_allow` (forwarding headers are not believed here).
+async fn purge(session: &mut Session, ctx: &mut Ctx, snap: &crate::state::Snapshot) -> Result<()> {
+    let peer = ctx.client.peer;
+    if !snap
+        .config
+        .cache
+        .purge_allow
+        .iter()
+        .any(|n| n.contains(&peer))
+    {
+        session.set_keepalive(None);
+        return response::respond_error(session, ctx, GatewayError::PurgeNotAllowed).await;
+    }
+    let req = session.req_header();
+    let host = crate::cache::policy::request_host(req).to_owned();
+    let (path, query) = (
+        req.uri.path().to_owned(),
+        req.uri.query().unwrap_or("").to_owned(),
+    );
+    let n = crate::cache::purge::url_purge(snap, &host, &path, &query, false);
+    crate::metrics::cache_purged(n);
+    let body = bytes::Bytes::from(format!("{{\"purged\":{n}}}\n"));
+    let header = crate::error::json_header(200, ctx.request_id(), body.len())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
 }
