@@ -886,3 +886,42 @@ async fn vary_on_several_headers_with_normalised_values() {
     );
     assert_eq!(origin.hits(), 3);
 }
+
+#[tokio::test]
+async fn a_rule_can_forward_range_misses_instead_of_filling() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&config(&origin, "range_miss: forward", "")).await;
+    let path = resp("fwdrange", &["Cache-Control:max-age=60"]);
+    let r = client()
+        .get(gw.url(&path))
+        .header("range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 0-9/100");
+    assert_eq!(r.bytes().await.unwrap().len(), 10);
+    let seen = origin.seen().await;
+    assert_eq!(
+        seen[0].headers["range"], "bytes=0-9",
+        "the range went upstream"
+    );
+    let (_, h, _) = get(&gw, &path, &[]).await;
+    assert_eq!(x_cache(&h), "MISS", "the 206 was not stored");
+    assert_eq!(x_cache(&get(&gw, &path, &[]).await.1), "HIT");
+    // A range on a hit is still served from the stored object.
+    let r = client()
+        .get(gw.url(&path))
+        .header("range", "bytes=5-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["x-cache"].to_str().unwrap()
+        ),
+        (206, "HIT")
+    );
+    assert_eq!(origin.hits(), 2);
+}

@@ -326,3 +326,22 @@ async fn purge_method_only_from_allowed_peers() {
     );
     assert_eq!(get(&gw2, &path).await.1, "HIT");
 }
+
+#[tokio::test]
+async fn the_rule_supplies_stale_windows_the_response_lacks() {
+    let origin = Origin::start("a").await;
+    let yaml = config(&origin.addr.to_string(), "").replace(
+        "cache: { enabled: true }",
+        "cache: { enabled: true, stale_while_revalidate: 60s }",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let path = resp("rule-swr", "h=Cache-Control:max-age%3D1&delay=300");
+    get(&gw, &path).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let started = Instant::now();
+    assert_eq!(get(&gw, &path).await.1, "STALE");
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "answered without waiting for the origin"
+    );
+}

@@ -235,6 +235,8 @@ pub struct RouteCache {
     pub bypass_cookies: Vec<String>,
     /// Headers whose presence bypasses the cache.
     pub bypass_headers: Vec<http::HeaderName>,
+    /// On a miss, forward a client's `Range` upstream instead of filling.
+    pub forward_range_misses: bool,
 }
 
 /// How the query string counts in the cache key (always sorted by name).
@@ -698,6 +700,17 @@ fn route_cache(c: &mut Checker, key: &str, rc: &raw::RawRouteCache) -> RouteCach
         key_cookies: k.cookies.clone(),
         bypass_cookies: rc.bypass.cookies.clone(),
         bypass_headers: header_names(c, &format!("{key}.bypass.headers"), &rc.bypass.headers),
+        forward_range_misses: match rc.range_miss.as_str() {
+            "fill" => false,
+            "forward" => true,
+            other => {
+                c.fail(
+                    format!("{key}.range_miss"),
+                    format!("{other:?}: expected fill or forward"),
+                );
+                false
+            }
+        },
     }
 }
 

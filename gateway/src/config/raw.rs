@@ -359,6 +359,9 @@ pub struct RawRouteCache {
     pub key: RawCacheKey,
     /// Requests that skip the cache (no lookup, no store).
     pub bypass: RawBypass,
+    /// A `Range` request on a miss: `fill` fetches and stores the whole object;
+    /// `forward` passes the range upstream and stores nothing (large objects).
+    pub range_miss: String,
 }
 
 /// `routes[i].cache.key:`
@@ -413,6 +416,7 @@ impl Default for RawRouteCache {
             heuristic: true,
             key: RawCacheKey::default(),
             bypass: RawBypass::default(),
+            range_miss: "fill".into(),
         }
     }
 }

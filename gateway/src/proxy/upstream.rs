@@ -37,5 +37,28 @@ pub(super) fn prepare_request(session: &Session, req: &mut RequestHeader, ctx: &
     }
     req.insert_header(request_id::HEADER, ctx.request_id.clone())?;
     ctx.client.set_headers(req, "http")?;
+    forward_range(session, req, ctx)?;
+    Ok(())
+}
+
+/// Pingora drops `Range` on a cache miss to fill the whole object; a rule with
+/// `range_miss: forward` puts it back (the 206 is then passed on, not stored).
+fn forward_range(session: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    let Some((snap, route)) = ctx.routed() else {
+        return Ok(());
+    };
+    let forward = snap.config.routes[route]
+        .cache
+        .as_ref()
+        .is_some_and(|c| c.forward_range_misses);
+    if !forward {
+        return Ok(());
+    }
+    let downstream = &session.req_header().headers;
+    for name in [http::header::RANGE, http::header::IF_RANGE] {
+        if let Some(v) = downstream.get(&name) {
+            req.insert_header(name, v.clone())?;
+        }
+    }
     Ok(())
 }

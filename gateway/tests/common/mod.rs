@@ -195,7 +195,31 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
         status = 304;
         size = 0;
     }
+    // A `bytes=a-b` Range gets a 206 of that slice.
+    let range = seen
+        .headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
     s.seen.lock().await.push(seen);
+    if let (Some((a, b)), 200) = (range, status) {
+        let end = b.min(size.saturating_sub(1));
+        let mut resp = Response::new(Body::from(vec![b'x'; end + 1 - a]));
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut().insert(
+            "content-range",
+            format!("bytes {a}-{end}/{size}").parse().unwrap(),
+        );
+        for (k, v) in headers {
+            resp.headers_mut().append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        return resp;
+    }
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
