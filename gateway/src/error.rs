@@ -49,6 +49,12 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The route's or upstream's queue is full.
+    #[error("overloaded: queue full, retry later")]
+    QueueFull,
+    /// No slot within the queue timeout.
+    #[error("overloaded: no capacity within the queue timeout, retry later")]
+    QueueTimeout,
     /// `PURGE` from an address outside `cache.purge_allow`.
     #[error("PURGE is not allowed from this address")]
     PurgeNotAllowed,
@@ -72,6 +78,7 @@ impl GatewayError {
             Self::BodyTooLarge => 413,
             Self::TooManyHeaders | Self::HeaderTooLarge => 431,
             Self::NoServer | Self::UpstreamUnavailable | Self::BadUpstreamResponse => 502,
+            Self::QueueFull | Self::QueueTimeout => 503,
             Self::ConnectTimeout | Self::UpstreamTimeout | Self::NotCached => 504,
             Self::Internal => 500,
         }
@@ -94,6 +101,8 @@ impl GatewayError {
             Self::ConnectTimeout => "connect_timeout",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NotCached => "not_cached",
+            Self::QueueFull => "queue_full",
+            Self::QueueTimeout => "queue_timeout",
             Self::PurgeNotAllowed => "purge_not_allowed",
             Self::Internal => "internal",
         }
@@ -102,8 +111,11 @@ impl GatewayError {
     /// Maps a Pingora error to what the client is told; `None` when the client is gone.
     pub fn from_pingora(e: &Error) -> Option<Self> {
         use ErrorType::*;
-        if let Custom(NO_SERVER) = e.etype() {
-            return Some(Self::NoServer);
+        match e.etype() {
+            Custom(NO_SERVER) => return Some(Self::NoServer),
+            Custom(SHED_QUEUE_FULL) => return Some(Self::QueueFull),
+            Custom(SHED_QUEUE_TIMEOUT) => return Some(Self::QueueTimeout),
+            _ => {}
         }
         Some(match (e.esource(), e.etype()) {
             (_, HTTPStatus(400)) => Self::BadRequest,
@@ -126,14 +138,22 @@ impl GatewayError {
         json_error(&self.to_string(), request_id)
     }
 
-    /// Status line and headers of the error response.
+    /// Status line and headers of the error response (`Retry-After` when shed).
     pub fn header(self, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
-        json_header(self.status(), request_id, body_len)
+        let mut h = json_header(self.status(), request_id, body_len)?;
+        if matches!(self, Self::QueueFull | Self::QueueTimeout) {
+            h.insert_header(http::header::RETRY_AFTER, "1")?;
+        }
+        Ok(h)
     }
 }
 
 /// `Custom` error type used when a balancer has no server to offer.
 pub const NO_SERVER: &str = "no upstream server available";
+/// `Custom` error type of a request shed because the queue was full.
+pub const SHED_QUEUE_FULL: &str = "shed: queue full";
+/// `Custom` error type of a request shed at the queue timeout.
+pub const SHED_QUEUE_TIMEOUT: &str = "shed: queue timeout";
 
 /// `{"error": message, "request_id": id}`.
 pub fn json_error(message: &str, request_id: &str) -> Bytes {

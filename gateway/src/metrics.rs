@@ -92,6 +92,15 @@ static RELOAD_OK: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static SHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_shed_total",
+        "Requests refused by a concurrency limit, by route and reason.",
+        &["route", "reason"]
+    )
+    .expect("metric registers once")
+});
+
 static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "gateway_cache_requests_total",
@@ -183,6 +192,11 @@ impl RouteMetrics {
             by_class: [c("1xx"), c("2xx"), c("3xx"), c("4xx"), c("5xx")],
             by_cache: CacheOutcome::ALL.map(o),
         }
+    }
+
+    /// Counts a shed request.
+    pub fn shed(&self, reason: &str) {
+        SHED.with_label_values(&[&self.name, reason]).inc();
     }
 
     /// Counts one request's cache outcome.
@@ -325,6 +339,7 @@ pub fn init() {
     LazyLock::force(&HEADER_TIMEOUTS);
     LazyLock::force(&RELOADS);
     LazyLock::force(&CACHE_REQUESTS);
+    LazyLock::force(&SHED);
     LazyLock::force(&CACHE_STORES);
     LazyLock::force(&CACHE_EVICTIONS);
     LazyLock::force(&CACHE_INVALIDATIONS);

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::limits::Limiter;
 use crate::metrics::RouteMetrics;
 use crate::upstream::UpstreamPool;
 
@@ -24,6 +25,10 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<UpstreamPool>>,
     /// Pre-resolved metric handles per `config.routes` entry, same order.
     pub route_metrics: Vec<RouteMetrics>,
+    /// Concurrency limiter per route (when `limits.max_inflight` is set).
+    pub route_limiters: Vec<Option<Arc<Limiter>>>,
+    /// Concurrency limiter per upstream (when `limits.max_inflight` is set).
+    pub upstream_limiters: Vec<Option<Arc<Limiter>>>,
 }
 
 impl Snapshot {
@@ -50,10 +55,30 @@ impl Snapshot {
             .iter()
             .map(|r| RouteMetrics::new(&r.name))
             .collect();
+        // Limiters are found by name, so in-flight counts and queues carry over a reload.
+        let route_limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.limits
+                    .max_inflight
+                    .map(|m| Limiter::named(&format!("route:{}", r.name), m.get() as usize))
+            })
+            .collect();
+        let upstream_limiters = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                u.max_inflight
+                    .map(|m| Limiter::named(&format!("upstream:{}", u.name), m.get() as usize))
+            })
+            .collect();
         Self {
             config,
             upstreams,
             route_metrics,
+            route_limiters,
+            upstream_limiters,
         }
     }
 }

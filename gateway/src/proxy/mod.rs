@@ -51,6 +51,8 @@ pub struct Ctx {
     client: Client,
     /// Request body bytes seen so far.
     body_bytes: u64,
+    /// Concurrency slots, once admitted.
+    slots: Option<upstream::Slots>,
     /// Servers a connect failed on, in order (empty unless something failed).
     failed_servers: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// Set when the gateway answered with its own error.
@@ -103,6 +105,7 @@ impl ProxyHttp for Gateway {
                 ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             },
             body_bytes: 0,
+            slots: None,
             failed_servers: Vec::new(),
             error: None,
             cache: CacheCtx::default(),
@@ -185,7 +188,8 @@ impl ProxyHttp for Gateway {
         Ok(!cache::only_if_cached(session, ctx).await?)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        upstream::admit(session, ctx).await?;
         upstream::select_peer(ctx)
     }
 

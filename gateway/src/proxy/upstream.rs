@@ -6,6 +6,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use super::Ctx;
 use crate::hop_by_hop;
+use crate::limits::Shed;
 use crate::request_id;
 
 /// The next server of the route's upstream, never one this request already failed on.
@@ -61,4 +62,77 @@ fn forward_range(session: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Resul
         }
     }
     Ok(())
+}
+
+/// Takes the route slot, then the upstream slot, under one deadline
+/// (`queue.timeout`); once per request (retries keep the slots).
+///
+/// A shed request fails with an upstream-sourced error, so that a stale cached
+/// copy may answer instead (stale-if-error) and otherwise a 503 + Retry-After.
+/// A client that leaves while queued never reaches the upstream.
+pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    if ctx.slots.is_some() {
+        return Ok(());
+    }
+    let Some((snap, route)) = ctx.routed() else {
+        return Ok(());
+    };
+    let r = &snap.config.routes[route];
+    let route_limiter = snap.route_limiters[route].clone();
+    let upstream_limiter = snap.upstream_limiters[r.upstream].clone();
+    if route_limiter.is_none() && upstream_limiter.is_none() {
+        ctx.slots = Some(Slots::default());
+        return Ok(());
+    }
+    let (max_waiting, timeout) = r.limits.queue.map_or((0, std::time::Duration::ZERO), |q| {
+        (q.max_len as usize, q.timeout)
+    });
+    let deadline = tokio::time::Instant::now() + timeout;
+    let wait = async move {
+        let route_slot = match &route_limiter {
+            Some(l) => Some(l.acquire(max_waiting, deadline).await?),
+            None => None,
+        };
+        let upstream_slot = match &upstream_limiter {
+            Some(l) => Some(l.acquire(max_waiting, deadline).await?),
+            None => None,
+        };
+        Ok::<_, Shed>(Slots {
+            _route: route_slot,
+            _upstream: upstream_slot,
+        })
+    };
+    // Watch the client while queued, unless that would consume its body.
+    let outcome = if session.as_downstream_mut().is_body_empty() {
+        tokio::select! {
+            got = wait => Some(got),
+            _ = session.as_downstream_mut().read_body_or_idle(true) => None,
+        }
+    } else {
+        Some(wait.await)
+    };
+    match outcome {
+        Some(Ok(slots)) => {
+            ctx.slots = Some(slots);
+            Ok(())
+        }
+        Some(Err(shed)) => {
+            if let Some((snap, route)) = ctx.routed() {
+                snap.route_metrics[route].shed(shed.reason());
+            }
+            let kind = match shed {
+                Shed::QueueFull => crate::error::SHED_QUEUE_FULL,
+                Shed::QueueTimeout => crate::error::SHED_QUEUE_TIMEOUT,
+            };
+            Err(Error::new_up(ErrorType::Custom(kind)))
+        }
+        None => Err(Error::new_down(ErrorType::ConnectionClosed)),
+    }
+}
+
+/// Slots held for the whole request (released when the context drops).
+#[derive(Default)]
+pub struct Slots {
+    _route: Option<tokio::sync::OwnedSemaphorePermit>,
+    _upstream: Option<tokio::sync::OwnedSemaphorePermit>,
 }

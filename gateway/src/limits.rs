@@ -1,0 +1,144 @@
+//! Concurrency limits with a short FIFO queue, per route and per upstream.
+//!
+//! A request that goes upstream (never a cache hit) takes a route slot, then
+//! an upstream slot, under one deadline (`queue.timeout`). Slots are tokio
+//! semaphore permits (FIFO-fair), held in the request context until the
+//! request ends. Limiters live in a registry keyed by name, so that a reload
+//! keeps their in-flight counts and waiters; a changed limit resizes them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One concurrency limit.
+pub struct Limiter {
+    sem: Arc<Semaphore>,
+    max: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The queue was full (or there is no queue and no free slot).
+    QueueFull,
+    /// No slot within the queue timeout.
+    QueueTimeout,
+}
+
+impl Shed {
+    /// The metrics label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Shed::QueueFull => "queue_full",
+            Shed::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
+static REGISTRY: LazyLock<Mutex<HashMap<String, Arc<Limiter>>>> = LazyLock::new(Mutex::default);
+
+impl Limiter {
+    /// The limiter registered as `name`, created or resized to `max`.
+    pub fn named(name: &str, max: usize) -> Arc<Limiter> {
+        let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+        let l = reg
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Limiter {
+                    sem: Arc::new(Semaphore::new(max)),
+                    max: AtomicUsize::new(max),
+                    waiting: AtomicUsize::new(0),
+                })
+            })
+            .clone();
+        l.resize(max);
+        l
+    }
+
+    fn resize(&self, max: usize) {
+        let old = self.max.swap(max, Ordering::AcqRel);
+        if max > old {
+            self.sem.add_permits(max - old);
+        } else if max < old {
+            // Free slots go at once; busy ones are not handed out again
+            // until the in-flight count has fallen below the new limit.
+            let forgotten = self.sem.forget_permits(old - max);
+            if forgotten < old - max {
+                let sem = self.sem.clone();
+                let rest = (old - max - forgotten) as u32;
+                tokio::spawn(async move {
+                    if let Ok(p) = sem.acquire_many_owned(rest).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+    }
+
+    /// The configured limit.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Requests holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        self.max().saturating_sub(self.sem.available_permits())
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// A slot at once, if one is free.
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.sem.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits in line for a slot until `deadline`; refuses at once when
+    /// `max_waiting` requests already wait.
+    pub async fn acquire(
+        &self,
+        max_waiting: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, Shed> {
+        if let Some(p) = self.try_acquire() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Shed::QueueFull);
+        }
+        let got = tokio::time::timeout_at(deadline, self.sem.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match got {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(Shed::QueueTimeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn queue_bound_timeout_and_resize() {
+        let l = Limiter::named("test:a", 1);
+        let p = l.try_acquire().unwrap();
+        assert!(l.try_acquire().is_none());
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert_eq!(l.acquire(0, soon).await.unwrap_err(), Shed::QueueFull);
+        assert_eq!(l.acquire(1, soon).await.unwrap_err(), Shed::QueueTimeout);
+        drop(p);
+        let l2 = Limiter::named("test:a", 3);
+        assert!(Arc::ptr_eq(&l, &l2), "same limiter by name");
+        let held: Vec<_> = (0..3).map(|_| l2.try_acquire().unwrap()).collect();
+        assert_eq!(l2.in_flight(), 3);
+        drop(held);
+    }
+}
