@@ -71,6 +71,8 @@ pub struct Origin {
     pub healthy: Arc<AtomicBool>,
     /// TCP connections accepted so far.
     pub connections: Arc<AtomicUsize>,
+    /// Highest number of requests handled at once.
+    pub peak: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     first_chunk: Mutex<mpsc::Receiver<()>>,
@@ -81,6 +83,8 @@ pub struct Origin {
 struct OriginState {
     name: &'static str,
     hits: Arc<AtomicUsize>,
+    active: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
@@ -96,6 +100,8 @@ impl Origin {
         let state = OriginState {
             name,
             hits: Arc::default(),
+            active: Arc::default(),
+            peak: Arc::default(),
             healthy: Arc::new(AtomicBool::new(true)),
             seen: Arc::default(),
             release: Arc::new(Notify::new()),
@@ -118,6 +124,7 @@ impl Origin {
             hits: state.hits,
             healthy: state.healthy,
             connections,
+            peak: state.peak,
             seen: state.seen,
             release: state.release,
             first_chunk: Mutex::new(rx),
@@ -285,6 +292,15 @@ async fn handle(State(s): State<OriginState>, req: Request) -> Response {
         .into_response();
     }
     s.hits.fetch_add(1, Ordering::SeqCst);
+    let now = s.active.fetch_add(1, Ordering::SeqCst) + 1;
+    s.peak.fetch_max(now, Ordering::SeqCst);
+    struct Leave(Arc<AtomicUsize>);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _leave = Leave(s.active.clone());
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let mut seen = Seen {

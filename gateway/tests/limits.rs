@@ -1,0 +1,243 @@
+//! Concurrency limits and queues: the origin never drowns, excess is refused fast.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(origin: &Origin, limits: &str, upstream_limits: &str, cache: &str) -> String {
+    format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+upstreams:
+  app: {{ servers: ["{}"], read_timeout: 10s, limits: {{ {upstream_limits} }} }}
+routes:
+  - {{ name: limited, match: {{ path_prefix: / }}, upstream: app, limits: {{ {limits} }} {cache} }}
+"#,
+        origin.addr
+    )
+}
+
+async fn burst(gw: &Gateway, n: usize, path: &str) -> Vec<(u16, Option<String>)> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let url = gw.url(path);
+        tasks.push(tokio::spawn(async move {
+            let r = client().get(url).send().await.unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), retry)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_origin_never_sees_more_than_max_inflight() {
+    let origin = Origin::start("a").await;
+    let yaml = config(
+        &origin,
+        "max_inflight: 3, queue: { max_len: 100, timeout: 10s }",
+        "",
+        "",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let results = burst(&gw, 30, "/slow/100").await;
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    assert_eq!(
+        origin.peak.load(Ordering::SeqCst),
+        3,
+        "peak concurrency at the origin"
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_limit_applies_beside_the_route_limit() {
+    let origin = Origin::start("a").await;
+    let yaml = config(
+        &origin,
+        "max_inflight: 10, queue: { max_len: 100, timeout: 10s }",
+        "max_inflight: 2",
+        "",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let results = burst(&gw, 20, "/slow/100").await;
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    assert_eq!(origin.peak.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_full_queue_and_a_queue_timeout_answer_503_at_once() {
+    let origin = Origin::start("a").await;
+    let yaml = config(
+        &origin,
+        "max_inflight: 1, queue: { max_len: 1, timeout: 5s }",
+        "",
+        "",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let started = Instant::now();
+    let results = burst(&gw, 6, "/slow/600").await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let shed: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
+    assert_eq!(
+        (ok, shed.len()),
+        (2, 4),
+        "one in flight, one queued: {results:?}"
+    );
+    assert!(
+        shed.iter().all(|(_, retry)| retry.as_deref() == Some("1")),
+        "Retry-After: {results:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let r = client().get(gw.url("/x")).send().await.unwrap(); // the queue drained
+    assert_eq!(r.status(), 200);
+
+    let origin2 = Origin::start("b").await;
+    let yaml = config(
+        &origin2,
+        "max_inflight: 1, queue: { max_len: 10, timeout: 200ms }",
+        "",
+        "",
+    );
+    let gw2 = Gateway::start(&yaml).await;
+    let holder = tokio::spawn(client().get(gw2.url("/slow/1500")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waited = Instant::now();
+    let r = client().get(gw2.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        waited.elapsed() < Duration::from_millis(1000),
+        "shed at the timeout, not after the holder"
+    );
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(json_error(r).await.0.contains("queue timeout"));
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    assert_eq!(
+        origin2.hits(),
+        1,
+        "the shed request never reached the origin"
+    );
+    gw2.wait_metrics(&[r#"gateway_shed_total{reason="queue_timeout",route="limited"} 1"#])
+        .await;
+}
+
+#[tokio::test]
+async fn queued_requests_are_served_in_order() {
+    let origin = Origin::start("a").await;
+    let yaml = config(
+        &origin,
+        "max_inflight: 1, queue: { max_len: 100, timeout: 10s }",
+        "",
+        "",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let holder = tokio::spawn(client().get(gw.url("/slow/500")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        tasks.push(tokio::spawn(
+            client().get(gw.url(&format!("/order/{i}"))).send(),
+        ));
+        tokio::time::sleep(Duration::from_millis(30)).await; // enqueue in a known order
+    }
+    holder.await.unwrap().unwrap();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().status(), 200);
+    }
+    let order: Vec<String> = origin
+        .seen()
+        .await
+        .iter()
+        .filter(|s| s.uri.starts_with("/order/"))
+        .map(|s| s.uri.clone())
+        .collect();
+    let want: Vec<String> = (0..6).map(|i| format!("/order/{i}")).collect();
+    assert_eq!(order, want);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_the_queue_never_reaches_the_origin() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start("a").await;
+    let yaml = config(
+        &origin,
+        "max_inflight: 1, queue: { max_len: 10, timeout: 10s }",
+        "",
+        "",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let holder = tokio::spawn(client().get(gw.url("/slow/700")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
+    s.write_all(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s); // leaves while queued
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    let r = client().get(gw.url("/after")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let uris: Vec<String> = origin.seen().await.iter().map(|s| s.uri.clone()).collect();
+    assert!(!uris.iter().any(|u| u == "/gone"), "{uris:?}");
+}
+
+#[tokio::test]
+async fn cache_hits_pass_while_the_upstream_is_saturated() {
+    let origin = Origin::start("a").await;
+    let yaml = config(
+        &origin,
+        "max_inflight: 1, queue: { max_len: 10, timeout: 5s }",
+        "",
+        ", cache: { enabled: true }",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let cached = "/resp/hot?size=10&h=Cache-Control:max-age%3D60";
+    client().get(gw.url(cached)).send().await.unwrap();
+    let holder = tokio::spawn(client().get(gw.url("/slow/1000")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    for _ in 0..5 {
+        let r = client().get(gw.url(cached)).send().await.unwrap();
+        assert_eq!(r.headers()["x-cache"], "HIT");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "hits did not wait for a slot"
+    );
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn stale_is_served_instead_of_shedding() {
+    let origin = Origin::start("a").await;
+    let yaml = config(
+        &origin,
+        "max_inflight: 1, queue: { max_len: 0, timeout: 1s }",
+        "",
+        ", cache: { enabled: true }",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let path = "/resp/soft?size=10&h=Cache-Control:max-age%3D1%2C%20stale-if-error%3D60";
+    let strict = "/resp/strict?size=10&h=Cache-Control:max-age%3D1%2C%20must-revalidate";
+    client().get(gw.url(path)).send().await.unwrap();
+    client().get(gw.url(strict)).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let holder = tokio::spawn(client().get(gw.url("/slow/1000")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = client().get(gw.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a stale copy instead of a 503");
+    assert_eq!(r.headers()["x-cache"], "STALE");
+    let r = client().get(gw.url(strict)).send().await.unwrap();
+    assert_eq!(r.status(), 503, "must-revalidate: shed, not stale");
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+}
