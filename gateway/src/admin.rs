@@ -7,6 +7,7 @@
 //! | `GET /metrics` | open: Prometheus text format |
 //! | `GET /upstreams` | token: servers of every upstream and their health |
 //! | `GET /config` | token: the running configuration (secrets redacted), last reload |
+//! | `GET /limits` | token: each limiter's limit, in-flight count and queue depth |
 //! | `GET /cache/stats` | token: entries, bytes, capacity, outcomes, hit ratio |
 //! | `POST /cache/purge` | token: `{"url"|"prefix"|"tag"|"all", "soft"}` → `{"purged": n}` |
 //!
@@ -93,6 +94,18 @@ impl ServeHttp for AdminApp {
                 }
                 Err(denied) => denied.response(&id),
             },
+            "/limits" if get => match self.check_token(session) {
+                Ok(()) => {
+                    let limiters: Vec<_> = crate::limits::snapshot()
+                        .into_iter()
+                        .map(|(name, max, in_flight, waiting)| {
+                            serde_json::json!({ "name": name, "limit": max, "in_flight": in_flight, "queued": waiting })
+                        })
+                        .collect();
+                    json_value(StatusCode::OK, &serde_json::json!({ "limiters": limiters }))
+                }
+                Err(denied) => denied.response(&id),
+            },
             "/cache/stats" if get => match self.check_token(session) {
                 Ok(()) => json_value(StatusCode::OK, &cache_stats()),
                 Err(denied) => denied.response(&id),
@@ -102,7 +115,7 @@ impl ServeHttp for AdminApp {
                 Err(denied) => denied.response(&id),
             },
             "/health" | "/ready" | "/metrics" | "/upstreams" | "/config" | "/cache/stats"
-            | "/cache/purge" => Response::builder()
+            | "/cache/purge" | "/limits" => Response::builder()
                 .status(StatusCode::METHOD_NOT_ALLOWED)
                 .header(header::ALLOW, "GET, HEAD")
                 .header(header::CONTENT_TYPE, "application/json")

@@ -121,6 +121,17 @@ impl Limiter {
     }
 }
 
+/// Every limiter: (name, limit, in flight, waiting), for `/limits` and metrics.
+pub fn snapshot() -> Vec<(String, usize, usize, usize)> {
+    let reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out: Vec<_> = reg
+        .iter()
+        .map(|(name, l)| (name.clone(), l.max(), l.in_flight(), l.waiting()))
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,33 @@ static SHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static LIMIT_INFLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "gateway_inflight_requests",
+        "Requests holding a slot of a concurrency limit (route:<name> or upstream:<name>).",
+        &["limiter"]
+    )
+    .expect("metric registers once")
+});
+
+static LIMIT_QUEUE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "gateway_queue_depth",
+        "Requests waiting for a slot, by limiter.",
+        &["limiter"]
+    )
+    .expect("metric registers once")
+});
+
+static LIMIT_MAX: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "gateway_concurrency_limit",
+        "The current concurrency limit, by limiter.",
+        &["limiter"]
+    )
+    .expect("metric registers once")
+});
+
 static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "gateway_cache_requests_total",
@@ -355,6 +382,13 @@ pub fn init() {
 
 /// The default registry in Prometheus text format.
 pub fn render() -> Vec<u8> {
+    for (name, max, inflight, waiting) in crate::limits::snapshot() {
+        LIMIT_MAX.with_label_values(&[&name]).set(max as i64);
+        LIMIT_INFLIGHT
+            .with_label_values(&[&name])
+            .set(inflight as i64);
+        LIMIT_QUEUE.with_label_values(&[&name]).set(waiting as i64);
+    }
     if let Some(store) = crate::cache::store() {
         CACHE_ENTRIES.set(store.len() as i64);
         CACHE_BYTES.set(store.weight() as i64);

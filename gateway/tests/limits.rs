@@ -241,3 +241,47 @@ async fn stale_is_served_instead_of_shedding() {
     assert_eq!(r.status(), 503, "must-revalidate: shed, not stale");
     assert_eq!(holder.await.unwrap().unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn limits_endpoint_and_gauges_show_in_flight_and_queue() {
+    let origin = Origin::start("a").await;
+    let yaml = config(
+        &origin,
+        "max_inflight: 1, queue: { max_len: 10, timeout: 5s }",
+        "max_inflight: 4",
+        "",
+    )
+    .replace(
+        r#"admin: { listen: "{admin}" }"#,
+        r#"admin: { listen: "{admin}", token: limits-token-0123456789 }"#,
+    );
+    let gw = Gateway::start(&yaml).await;
+    let a = tokio::spawn(client().get(gw.url("/slow/800")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = tokio::spawn(client().get(gw.url("/slow/10")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let v = gw.admin_json("/limits", "limits-token-0123456789").await;
+    let route = v["limiters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "route:limited")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            route["limit"].as_u64(),
+            route["in_flight"].as_u64(),
+            route["queued"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{v}"
+    );
+    gw.wait_metrics(&[
+        r#"gateway_queue_depth{limiter="route:limited"} 1"#,
+        r#"gateway_concurrency_limit{limiter="upstream:app"} 4"#,
+    ])
+    .await;
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+}
