@@ -49,6 +49,9 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// Over the route's per-client rate.
+    #[error("rate limit exceeded, retry later")]
+    RateLimited,
     /// The route's or upstream's queue is full.
     #[error("overloaded: queue full, retry later")]
     QueueFull,
@@ -73,6 +76,7 @@ impl GatewayError {
             Self::NoRoute => 404,
             Self::BadPath | Self::BadRequest => 400,
             Self::Forbidden => 403,
+            Self::RateLimited => 429,
             Self::PurgeNotAllowed => 405,
             Self::UnsupportedTransferCoding => 501,
             Self::BodyTooLarge => 413,
@@ -102,6 +106,7 @@ impl GatewayError {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NotCached => "not_cached",
             Self::QueueFull => "queue_full",
+            Self::RateLimited => "rate_limited",
             Self::QueueTimeout => "queue_timeout",
             Self::PurgeNotAllowed => "purge_not_allowed",
             Self::Internal => "internal",

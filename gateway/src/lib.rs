@@ -13,6 +13,7 @@
 //! - [`forwarded`]: client address and forwarding headers (trusted proxies).
 //! - [`error`]: the gateway's own error answers (JSON with a request id).
 //! - [`metrics`]: Prometheus metrics in the default registry.
+//! - [`ratelimit`]: per-client rate limits (GCRA), bounded memory.
 //! - [`limits`]: concurrency limits and FIFO queues (per route, per upstream).
 //! - [`lifecycle`]: signals (reload, drain, upgrade), pid file.
 //! - [`server`]: wiring of the Pingora server from a config, and process start.
@@ -29,6 +30,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod request_id;
 pub mod routes;
 pub mod server;

@@ -128,6 +128,15 @@ static LIMIT_MAX: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_rate_limited_total",
+        "Requests refused with 429 by a route's rate limit.",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
 static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "gateway_cache_requests_total",
@@ -219,6 +228,11 @@ impl RouteMetrics {
             by_class: [c("1xx"), c("2xx"), c("3xx"), c("4xx"), c("5xx")],
             by_cache: CacheOutcome::ALL.map(o),
         }
+    }
+
+    /// Counts a rate-limited request.
+    pub fn rate_limited(&self) {
+        RATE_LIMITED.with_label_values(&[&self.name]).inc();
     }
 
     /// Counts a shed request.
@@ -367,6 +381,7 @@ pub fn init() {
     LazyLock::force(&RELOADS);
     LazyLock::force(&CACHE_REQUESTS);
     LazyLock::force(&SHED);
+    LazyLock::force(&RATE_LIMITED);
     LazyLock::force(&CACHE_STORES);
     LazyLock::force(&CACHE_EVICTIONS);
     LazyLock::force(&CACHE_INVALIDATIONS);

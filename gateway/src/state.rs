@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::limits::Limiter;
 use crate::metrics::RouteMetrics;
+use crate::ratelimit::RateLimiter;
 use crate::upstream::UpstreamPool;
 
 /// One configuration and everything built from it.
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub route_limiters: Vec<Option<Arc<Limiter>>>,
     /// Concurrency limiter per upstream (when `limits.max_inflight` is set).
     pub upstream_limiters: Vec<Option<Arc<Limiter>>>,
+    /// Rate limiter per route (when `limits.rate` is set).
+    pub rate_limiters: Vec<Option<Arc<RateLimiter>>>,
 }
 
 impl Snapshot {
@@ -73,12 +76,23 @@ impl Snapshot {
                     .map(|m| Limiter::named(&format!("upstream:{}", u.name), m.get() as usize))
             })
             .collect();
+        let rate_limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.limits
+                    .rate
+                    .as_ref()
+                    .map(|rate| RateLimiter::named(&r.name, rate))
+            })
+            .collect();
         Self {
             config,
             upstreams,
             route_metrics,
             route_limiters,
             upstream_limiters,
+            rate_limiters,
         }
     }
 }

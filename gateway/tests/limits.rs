@@ -285,3 +285,51 @@ async fn limits_endpoint_and_gauges_show_in_flight_and_queue() {
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_draft_headers_per_client() {
+    let origin = Origin::start("a").await;
+    let yaml = config(
+        &origin,
+        "rate: { per_client: 2/s, burst: 3, key_header: X-Api-Key }",
+        "",
+        "",
+    )
+    .replace(
+        "upstreams:",
+        r#"trusted_proxies: ["127.0.0.1/32"]
+upstreams:"#,
+    );
+    let gw = Gateway::start(&yaml).await;
+    let send = |who: &'static str| {
+        let req = client().get(gw.url("/r")).header("x-forwarded-for", who);
+        async move { req.send().await.unwrap() }
+    };
+    for _ in 0..3 {
+        assert_eq!(send("198.51.100.1").await.status(), 200, "the burst passes");
+    }
+    let r = send("198.51.100.1").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["ratelimit-policy"], r#""limited";q=2;w=1"#);
+    assert_eq!(r.headers()["ratelimit"], r#""limited";r=0;t=1"#);
+    assert_eq!(json_error(r).await.0, "rate limit exceeded, retry later");
+    // Another client (address derived through trusted_proxies) is not affected.
+    assert_eq!(send("198.51.100.2").await.status(), 200);
+    // A keyed client is limited by its key, not its address.
+    for i in 0..3 {
+        let r = client()
+            .get(gw.url("/k"))
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-api-key", "k1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i} with a key");
+    }
+    // After the interval, the client may send again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(send("198.51.100.1").await.status(), 200);
+    gw.wait_metrics(&[r#"gateway_rate_limited_total{route="limited"} 1"#])
+        .await;
+}

@@ -262,12 +262,16 @@ pub struct Queue {
 }
 
 /// `routes[i].limits.rate:`
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rate {
     /// Sustained rate per client.
     pub per_client: RateSpec,
     /// Burst allowance.
     pub burst: u32,
+    /// Header that keys clients instead of their address.
+    pub key_header: Option<http::HeaderName>,
+    /// Clients tracked at most.
+    pub max_clients: usize,
 }
 
 /// `routes[i].limits:`
@@ -869,7 +873,16 @@ fn route(
         rate: rl.rate.as_ref().and_then(|r| match r.per_client {
             Some(per_client) => Some(Rate {
                 per_client,
-                burst: r.burst.unwrap_or(per_client.count),
+                burst: r.burst.unwrap_or(per_client.count).max(1),
+                key_header: r.key_header.as_ref().and_then(|h| {
+                    let names = header_names(
+                        c,
+                        &format!("{key}.limits.rate.key_header"),
+                        std::slice::from_ref(h),
+                    );
+                    names.into_iter().next()
+                }),
+                max_clients: r.max_clients.max(1),
             }),
             None => {
                 c.fail(

@@ -454,13 +454,29 @@ impl Default for RawQueue {
 }
 
 /// `routes[i].limits.rate:`
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawRate {
     /// Sustained rate per client address, `N/s`, `N/m` or `N/h`.
     pub per_client: Option<RateSpec>,
     /// Requests allowed in a burst above the sustained rate.
     pub burst: Option<u32>,
+    /// Key clients by this request header (e.g. an API key) instead of their
+    /// address; requests without it are keyed by address.
+    pub key_header: Option<String>,
+    /// Distinct clients tracked at most (least recently seen are forgotten).
+    pub max_clients: usize,
+}
+
+impl Default for RawRate {
+    fn default() -> Self {
+        Self {
+            per_client: None,
+            burst: None,
+            key_header: None,
+            max_clients: 100_000,
+        }
+    }
 }
 
 /// A byte size written `64KiB`, `256MiB`, `1GB` or as a plain number of bytes.

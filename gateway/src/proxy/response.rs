@@ -39,6 +39,32 @@ pub(super) async fn respond_error(
     Ok(())
 }
 
+/// 429 with `Retry-After` and the draft's `RateLimit-Policy` / `RateLimit` fields.
+pub(super) async fn respond_rate_limited(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    policy: &str,
+    retry_after: std::time::Duration,
+) -> Result<()> {
+    let err = GatewayError::RateLimited;
+    ctx.error = Some(err);
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let body = err.body(ctx.request_id());
+    let mut header = err.header(ctx.request_id(), body.len())?;
+    header.insert_header(http::header::RETRY_AFTER, secs)?;
+    header.insert_header("ratelimit-policy", policy)?;
+    let name = policy.split(';').next().unwrap_or("\"default\"");
+    header.insert_header("ratelimit", format!("{name};r=0;t={secs}"))?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
 /// Answers a failed proxy attempt with the specific status and JSON body, unless
 /// the client is gone or a response is already under way (then the connection closes).
 pub(super) async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
