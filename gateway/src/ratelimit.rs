@@ -6,7 +6,7 @@
 //! `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-09.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -72,11 +72,7 @@ impl RateLimiter {
 
     /// Counts one request of `client`; `Err` when it is over the limit.
     pub fn check(&self, client: &[u8]) -> Result<(), Limited> {
-        let key = {
-            let mut h = self.hasher.build_hasher();
-            client.hash(&mut h);
-            h.finish()
-        };
+        let key = self.hasher.hash_one(client);
         let now = EPOCH.elapsed().as_nanos() as u64;
         let tat = self
             .clients
