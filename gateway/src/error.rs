@@ -49,6 +49,9 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// Every server of the upstream has an open circuit breaker.
+    #[error("upstream unavailable (circuit open), retry later")]
+    CircuitOpen,
     /// Over the route's per-client rate.
     #[error("rate limit exceeded, retry later")]
     RateLimited,
@@ -82,7 +85,7 @@ impl GatewayError {
             Self::BodyTooLarge => 413,
             Self::TooManyHeaders | Self::HeaderTooLarge => 431,
             Self::NoServer | Self::UpstreamUnavailable | Self::BadUpstreamResponse => 502,
-            Self::QueueFull | Self::QueueTimeout => 503,
+            Self::QueueFull | Self::QueueTimeout | Self::CircuitOpen => 503,
             Self::ConnectTimeout | Self::UpstreamTimeout | Self::NotCached => 504,
             Self::Internal => 500,
         }
@@ -106,6 +109,7 @@ impl GatewayError {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NotCached => "not_cached",
             Self::QueueFull => "queue_full",
+            Self::CircuitOpen => "circuit_open",
             Self::RateLimited => "rate_limited",
             Self::QueueTimeout => "queue_timeout",
             Self::PurgeNotAllowed => "purge_not_allowed",
@@ -118,6 +122,7 @@ impl GatewayError {
         use ErrorType::*;
         match e.etype() {
             Custom(NO_SERVER) => return Some(Self::NoServer),
+            Custom(BREAKER_OPEN) => return Some(Self::CircuitOpen),
             Custom(SHED_QUEUE_FULL) => return Some(Self::QueueFull),
             Custom(SHED_QUEUE_TIMEOUT) => return Some(Self::QueueTimeout),
             _ => {}
@@ -146,7 +151,10 @@ impl GatewayError {
     /// Status line and headers of the error response (`Retry-After` when shed).
     pub fn header(self, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
         let mut h = json_header(self.status(), request_id, body_len)?;
-        if matches!(self, Self::QueueFull | Self::QueueTimeout) {
+        if matches!(
+            self,
+            Self::QueueFull | Self::QueueTimeout | Self::CircuitOpen
+        ) {
             h.insert_header(http::header::RETRY_AFTER, "1")?;
         }
         Ok(h)
@@ -155,6 +163,8 @@ impl GatewayError {
 
 /// `Custom` error type used when a balancer has no server to offer.
 pub const NO_SERVER: &str = "no upstream server available";
+/// `Custom` error type when every server of an upstream has an open breaker.
+pub const BREAKER_OPEN: &str = "every server's circuit is open";
 /// `Custom` error type of a request shed because the queue was full.
 pub const SHED_QUEUE_FULL: &str = "shed: queue full";
 /// `Custom` error type of a request shed at the queue timeout.

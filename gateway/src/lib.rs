@@ -7,6 +7,7 @@
 //! - [`state`]: the atomically swappable snapshot shared by every service.
 //! - [`proxy`]: the `ProxyHttp` implementation, one file per Pingora phase.
 //! - [`client`]: connection cap and whole-header deadline around the proxy.
+//! - [`breaker`]: per-server circuit breakers.
 //! - [`cache`]: the response cache (storage, policy, outcome).
 //! - [`admin`]: the admin listener (`/health`, `/ready`, `/metrics`).
 //! - [`hop_by_hop`]: connection-only header fields, stripped both ways.
@@ -19,6 +20,7 @@
 //! - [`server`]: wiring of the Pingora server from a config, and process start.
 
 pub mod admin;
+pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod client;

@@ -19,8 +19,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use serde::Serialize;
 
+use crate::breaker::CircuitBreaker;
 use crate::config::{HealthCheck, Upstream};
-use crate::error::NO_SERVER;
+use crate::error::{BREAKER_OPEN, NO_SERVER};
 use crate::metrics;
 use crate::state::Shared;
 
@@ -31,6 +32,8 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 pub struct UpstreamPool {
     /// The configuration it was built from.
     pub config: Upstream,
+    /// One circuit breaker per server (same order as `config.servers`).
+    breakers: Vec<CircuitBreaker>,
     balancer: LoadBalancer<RoundRobin>,
     /// Milliseconds since [`EPOCH`] at which the next health check is due.
     next_check_ms: AtomicU64,
@@ -46,6 +49,11 @@ impl UpstreamPool {
             balancer.set_health_check(health_check(&config, hc));
         }
         Arc::new(Self {
+            breakers: config
+                .servers
+                .iter()
+                .map(|_| CircuitBreaker::default())
+                .collect(),
             config,
             balancer,
             next_check_ms: AtomicU64::new(0),
@@ -68,12 +76,23 @@ impl UpstreamPool {
     /// trusted over a total outage: an untried server is picked anyway.
     pub fn select(&self, tried: &[PeerAddr]) -> pingora::Result<Box<HttpPeer>> {
         let fresh = |b: &Backend| !tried.contains(&b.addr);
+        // Checked last: in half-open state it hands out the one probe.
+        let closed = |b: &Backend| self.breaker(&b.addr).is_none_or(|br| br.allows());
         let backend = self
             .balancer
-            .select_with(b"", 256, |b, healthy| healthy && fresh(b))
-            .or_else(|| self.balancer.select_with(b"", 256, |b, _| fresh(b)))
+            .select_with(b"", 256, |b, healthy| healthy && fresh(b) && closed(b))
+            .or_else(|| {
+                self.balancer
+                    .select_with(b"", 256, |b, _| fresh(b) && closed(b))
+            })
             .ok_or_else(|| {
-                Error::explain(ErrorType::Custom(NO_SERVER), self.config.name.clone())
+                let any_open = self.config.breaker.is_some()
+                    && self
+                        .breakers
+                        .iter()
+                        .any(|b| b.state() != crate::breaker::State::Closed);
+                let kind = if any_open { BREAKER_OPEN } else { NO_SERVER };
+                Error::explain(ErrorType::Custom(kind), self.config.name.clone())
             })?;
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
         let o = &mut peer.options;
@@ -82,6 +101,26 @@ impl UpstreamPool {
         o.write_timeout = Some(self.config.read_timeout);
         o.idle_timeout = Some(self.config.idle_timeout);
         Ok(Box::new(peer))
+    }
+
+    /// The breaker of the server at `addr`, when the upstream has breakers.
+    fn breaker(&self, addr: &PeerAddr) -> Option<&CircuitBreaker> {
+        self.config.breaker.as_ref()?;
+        let inet = addr.as_inet()?;
+        let i = self.config.servers.iter().position(|s| s.addr == *inet)?;
+        self.breakers.get(i)
+    }
+
+    /// Records the outcome of a request to the server at `addr`.
+    pub fn record(&self, addr: &PeerAddr, ok: bool) {
+        let (Some(br), Some(settings)) = (self.breaker(addr), self.config.breaker.as_ref()) else {
+            return;
+        };
+        if ok {
+            br.success();
+        } else {
+            br.failure(settings);
+        }
     }
 
     /// Servers with their current health, for `GET /upstreams`.
@@ -97,6 +136,15 @@ impl UpstreamPool {
                     server: &s.spec,
                     address: s.addr.to_string(),
                     healthy: backends.ready(&b),
+                    breaker: self.config.breaker.as_ref().map(|_| {
+                        let i = self
+                            .config
+                            .servers
+                            .iter()
+                            .position(|x| x.addr == s.addr)
+                            .unwrap_or(0);
+                        self.breakers[i].state().as_str()
+                    }),
                 }
             })
             .collect();
@@ -194,6 +242,8 @@ struct ServerStatus<'a> {
     server: &'a str,
     address: String,
     healthy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker: Option<&'static str>,
 }
 
 /// Background service that runs the health checks of the current snapshot's pools.

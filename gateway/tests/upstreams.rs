@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use common::*;
 
@@ -170,4 +171,102 @@ async fn upstreams_endpoint_needs_the_token() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert!(json_error(r).await.0.contains("admin.token"));
+}
+
+fn breaker_config(servers: &[String]) -> String {
+    format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}", token: {TOKEN} }}
+upstreams:
+  app:
+    servers: {servers:?}
+    breaker: {{ consecutive_failures: 3, open_for: 1s }}
+routes:
+  - {{ name: default, match: {{ path_prefix: / }}, upstream: app }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn the_breaker_opens_half_opens_and_closes() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&breaker_config(&[origin.addr.to_string()])).await;
+    let flaky = "/resp/b?failable";
+    origin.healthy.store(false, Ordering::SeqCst); // the origin answers 500
+    for _ in 0..3 {
+        assert_eq!(
+            client().get(gw.url(flaky)).send().await.unwrap().status(),
+            500
+        );
+    }
+    // Open: answered at once, the origin is spared.
+    let r = client().get(gw.url(flaky)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(
+        json_error(r).await.0,
+        "upstream unavailable (circuit open), retry later"
+    );
+    assert_eq!(origin.hits(), 3);
+    let v = gw.admin_json("/upstreams", TOKEN).await;
+    assert_eq!(v["upstreams"][0]["servers"][0]["breaker"], "open", "{v}");
+
+    // Half-open after open_for: one probe; it fails, so the breaker opens again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        client().get(gw.url(flaky)).send().await.unwrap().status(),
+        500
+    );
+    assert_eq!(
+        client().get(gw.url(flaky)).send().await.unwrap().status(),
+        503
+    );
+    assert_eq!(origin.hits(), 4);
+
+    // The next probe succeeds: closed, traffic flows.
+    origin.healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        assert_eq!(
+            client().get(gw.url(flaky)).send().await.unwrap().status(),
+            200
+        );
+    }
+    let v = gw.admin_json("/upstreams", TOKEN).await;
+    assert_eq!(v["upstreams"][0]["servers"][0]["breaker"], "closed");
+}
+
+#[tokio::test]
+async fn an_open_server_is_skipped_while_others_serve() {
+    let bad = Origin::start("bad").await;
+    let good = Origin::start("good").await;
+    let gw = Gateway::start(&breaker_config(&[
+        bad.addr.to_string(),
+        good.addr.to_string(),
+    ]))
+    .await;
+    bad.healthy.store(false, Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            client()
+                .get(gw.url("/resp/s?failable"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 500).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[8..].iter().all(|s| *s == 200),
+        "after opening, only the good server: {statuses:?}"
+    );
+    assert_eq!(bad.hits(), 3);
 }

@@ -53,6 +53,10 @@ pub struct Ctx {
     body_bytes: u64,
     /// Concurrency slots, once admitted.
     slots: Option<upstream::Slots>,
+    /// The server the request was sent to (last attempt).
+    peer: Option<pingora::protocols::l4::socket::SocketAddr>,
+    /// The attempt's outcome was reported to the server's circuit breaker.
+    outcome_recorded: bool,
     /// Servers a connect failed on, in order (empty unless something failed).
     failed_servers: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// Set when the gateway answered with its own error.
@@ -106,6 +110,8 @@ impl ProxyHttp for Gateway {
             },
             body_bytes: 0,
             slots: None,
+            peer: None,
+            outcome_recorded: false,
             failed_servers: Vec::new(),
             error: None,
             cache: CacheCtx::default(),
@@ -212,6 +218,17 @@ impl ProxyHttp for Gateway {
         upstream::prepare_request(session, upstream_request, ctx)
     }
 
+    /// The upstream answered: a 5xx counts as a failure for its breaker.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream::record_outcome(ctx, upstream_response.status.as_u16() < 500);
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -224,6 +241,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if e.esource() == &pingora::ErrorSource::Upstream && ctx.peer.is_some() {
+            upstream::record_outcome(ctx, false);
+        }
         response::fail_to_proxy(session, e, ctx).await
     }
 

@@ -10,16 +10,39 @@ use crate::limits::Shed;
 use crate::request_id;
 
 /// The next server of the route's upstream, never one this request already failed on.
-pub(super) fn select_peer(ctx: &Ctx) -> Result<Box<HttpPeer>> {
+pub(super) fn select_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
     let (snap, route) = ctx
         .routed()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream_peer before routing"))?;
-    snap.upstreams[snap.config.routes[route].upstream].select(&ctx.failed_servers)
+    let peer = snap.upstreams[snap.config.routes[route].upstream].select(&ctx.failed_servers);
+    let peer = match peer {
+        Ok(p) => p,
+        // Upstream-sourced, so a stale copy may answer (stale-if-error).
+        Err(mut e) => {
+            e.as_up();
+            return Err(e);
+        }
+    };
+    ctx.peer = Some(peer._address.clone());
+    ctx.outcome_recorded = false;
+    Ok(peer)
+}
+
+/// Reports how the request went to the server's circuit breaker, once.
+pub(super) fn record_outcome(ctx: &mut Ctx, ok: bool) {
+    if ctx.outcome_recorded {
+        return;
+    }
+    ctx.outcome_recorded = true;
+    if let (Some((snap, route)), Some(peer)) = (ctx.routed(), ctx.peer.as_ref()) {
+        snap.upstreams[snap.config.routes[route].upstream].record(peer, ok);
+    }
 }
 
 /// A failed connect sent nothing, so any method may try another server, up to
 /// the upstream's `retries`.
 pub(super) fn on_connect_failure(ctx: &mut Ctx, peer: &HttpPeer, mut e: Box<Error>) -> Box<Error> {
+    record_outcome(ctx, false);
     ctx.failed_servers.push(peer._address.clone());
     if let Some((snap, route)) = ctx.routed() {
         let pool = &snap.upstreams[snap.config.routes[route].upstream];
