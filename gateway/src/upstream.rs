@@ -117,7 +117,7 @@ impl UpstreamPool {
             return;
         };
         if ok {
-            br.success();
+            br.success(settings);
         } else {
             br.failure(settings);
         }

@@ -143,8 +143,10 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Other servers a failed connect is retried on.
     pub retries: u32,
-    /// Upstream-wide in-flight cap.
+    /// Upstream-wide in-flight cap (the starting point of an adaptive limit).
     pub max_inflight: Option<NonZeroU32>,
+    /// Adaptive limit bounds.
+    pub adaptive: Option<Adaptive>,
     /// Circuit breaker.
     pub breaker: Option<Breaker>,
 }
@@ -171,6 +173,23 @@ pub struct Breaker {
     pub consecutive_failures: NonZeroU32,
     /// Open time before a trial.
     pub open_for: Duration,
+    /// Failed share within `window` that opens it.
+    pub error_ratio: Option<f64>,
+    /// Window of `error_ratio`.
+    pub window: Duration,
+    /// Requests needed in the window before the ratio counts.
+    pub min_requests: u32,
+}
+
+/// `upstreams.<name>.limits.adaptive:`
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adaptive {
+    /// Lowest limit.
+    pub min: u32,
+    /// Highest limit.
+    pub max: u32,
+    /// Latency multiple of the baseline that lowers the limit.
+    pub tolerance: f64,
 }
 
 /// `cache:`
@@ -625,6 +644,32 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
             )
             .unwrap_or(NonZeroU32::MIN),
         open_for: c.positive(&format!("{key}.breaker.open_for"), b.open_for),
+        error_ratio: b.error_ratio.inspect(|r| {
+            if !(*r > 0.0 && *r <= 1.0) {
+                c.fail(format!("{key}.breaker.error_ratio"), "must be in (0, 1]");
+            }
+        }),
+        window: c.positive(&format!("{key}.breaker.window"), b.window),
+        min_requests: b.min_requests.max(1),
+    });
+    let adaptive = ru.limits.adaptive.as_ref().map(|a| {
+        if a.min == 0 || a.min > a.max {
+            c.fail(
+                format!("{key}.limits.adaptive.min"),
+                "must be between 1 and adaptive.max",
+            );
+        }
+        if a.tolerance <= 1.0 {
+            c.fail(
+                format!("{key}.limits.adaptive.tolerance"),
+                "must be > 1 (e.g. 2.0)",
+            );
+        }
+        Adaptive {
+            min: a.min,
+            max: a.max,
+            tolerance: a.tolerance,
+        }
     });
     Upstream {
         name: name.to_owned(),
@@ -638,6 +683,7 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
             &format!("{key}.limits.max_inflight"),
             ru.limits.max_inflight,
         ),
+        adaptive,
         breaker,
     }
 }

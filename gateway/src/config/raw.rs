@@ -235,6 +235,30 @@ impl Default for RawHealthCheck {
 pub struct RawUpstreamLimits {
     /// Requests in flight to this upstream at most.
     pub max_inflight: Option<u32>,
+    /// Let the limit follow the upstream's latency between `min` and `max`.
+    pub adaptive: Option<RawAdaptive>,
+}
+
+/// `upstreams.<name>.limits.adaptive:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAdaptive {
+    /// Lowest limit.
+    pub min: u32,
+    /// Highest limit.
+    pub max: u32,
+    /// Latency above this multiple of the best recent latency lowers the limit.
+    pub tolerance: f64,
+}
+
+impl Default for RawAdaptive {
+    fn default() -> Self {
+        Self {
+            min: 4,
+            max: 64,
+            tolerance: 2.0,
+        }
+    }
 }
 
 /// `upstreams.<name>.breaker:`
@@ -246,6 +270,13 @@ pub struct RawBreaker {
     /// How long the breaker stays open before a trial request.
     #[serde(with = "humantime_serde")]
     pub open_for: Duration,
+    /// Also open when this share of requests failed within `window` (0..1).
+    pub error_ratio: Option<f64>,
+    /// The window of `error_ratio`.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Requests needed in the window before `error_ratio` counts.
+    pub min_requests: u32,
 }
 
 impl Default for RawBreaker {
@@ -253,6 +284,9 @@ impl Default for RawBreaker {
         Self {
             consecutive_failures: 5,
             open_for: Duration::from_secs(10),
+            error_ratio: None,
+            window: Duration::from_secs(10),
+            min_requests: 20,
         }
     }
 }
