@@ -58,7 +58,8 @@ impl Limiter {
         l
     }
 
-    fn resize(&self, max: usize) {
+    /// Changes the limit (waiters and holders are kept).
+    pub fn resize(&self, max: usize) {
         let old = self.max.swap(max, Ordering::AcqRel);
         if max > old {
             self.sem.add_permits(max - old);

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use crate::adaptive::AdaptiveLimit;
 use crate::config::Config;
 use crate::limits::Limiter;
 use crate::metrics::RouteMetrics;
@@ -32,6 +33,8 @@ pub struct Snapshot {
     pub upstream_limiters: Vec<Option<Arc<Limiter>>>,
     /// Rate limiter per route (when `limits.rate` is set).
     pub rate_limiters: Vec<Option<Arc<RateLimiter>>>,
+    /// Adaptive limit per upstream (when `limits.adaptive` is set).
+    pub adaptive: Vec<Option<Arc<AdaptiveLimit>>>,
 }
 
 impl Snapshot {
@@ -68,13 +71,25 @@ impl Snapshot {
                     .map(|m| Limiter::named(&format!("route:{}", r.name), m.get() as usize))
             })
             .collect();
-        let upstream_limiters = config
+        let upstream_limiters: Vec<Option<Arc<Limiter>>> = config
             .upstreams
             .iter()
             .map(|u| {
-                u.max_inflight
-                    .map(|m| Limiter::named(&format!("upstream:{}", u.name), m.get() as usize))
+                let start = u
+                    .max_inflight
+                    .map(|m| m.get())
+                    .or(u.adaptive.map(|a| a.max))?;
+                Some(Limiter::named(
+                    &format!("upstream:{}", u.name),
+                    start as usize,
+                ))
             })
+            .collect();
+        let adaptive = config
+            .upstreams
+            .iter()
+            .zip(&upstream_limiters)
+            .map(|(u, l)| Some(Arc::new(AdaptiveLimit::new(u.adaptive?, l.clone()?))))
             .collect();
         let rate_limiters = config
             .routes
@@ -93,6 +108,7 @@ impl Snapshot {
             route_limiters,
             upstream_limiters,
             rate_limiters,
+            adaptive,
         }
     }
 }

@@ -333,3 +333,66 @@ upstreams:"#,
     gw.wait_metrics(&[r#"gateway_rate_limited_total{route="limited"} 1"#])
         .await;
 }
+
+#[tokio::test]
+async fn the_adaptive_limit_falls_when_the_origin_slows_and_rises_when_it_recovers() {
+    let origin = Origin::start("a").await;
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}", token: limits-token-0123456789 }}
+upstreams:
+  app: {{ servers: ["{}"], read_timeout: 10s, limits: {{ adaptive: {{ min: 2, max: 16, tolerance: 2.0 }} }} }}
+routes:
+  - {{ name: limited, match: {{ path_prefix: / }}, upstream: app, limits: {{ max_inflight: 100, queue: {{ max_len: 100, timeout: 30s }} }} }}
+"#,
+        origin.addr
+    );
+    let gw = std::sync::Arc::new(Gateway::start(&yaml).await);
+    let delay = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(5));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..12 {
+        let (gw, delay, stop) = (gw.clone(), delay.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::SeqCst) {
+                let ms = delay.load(Ordering::SeqCst);
+                let _ = c.get(gw.url(&format!("/slow/{ms}"))).send().await;
+            }
+        }));
+    }
+    let limit = |gw: std::sync::Arc<Gateway>| async move {
+        let v = gw.admin_json("/limits", "limits-token-0123456789").await;
+        v["limiters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == "upstream:app")
+            .and_then(|l| l["limit"].as_u64())
+            .unwrap()
+    };
+    let wait_for = |gw: std::sync::Arc<Gateway>, pred: fn(u64) -> bool, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = limit(gw.clone()).await;
+            if pred(l) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "{what}: limit stayed at {l}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await; // baseline at 5 ms
+    delay.store(150, Ordering::SeqCst); // the origin slows down 30x
+    let low = wait_for(gw.clone(), |l| l <= 3, "falls").await;
+    delay.store(5, Ordering::SeqCst); // and recovers
+    let high = wait_for(gw.clone(), |l| l >= 8, "rises").await;
+    assert!(high > low);
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        let _ = t.await;
+    }
+    gw.wait_metrics(&[r#"gateway_concurrency_limit{limiter="upstream:app"}"#])
+        .await;
+}

@@ -57,6 +57,8 @@ pub struct Ctx {
     peer: Option<pingora::protocols::l4::socket::SocketAddr>,
     /// The attempt's outcome was reported to the server's circuit breaker.
     outcome_recorded: bool,
+    /// When the current upstream attempt started (for the adaptive limit).
+    upstream_started: Option<std::time::Instant>,
     /// Servers a connect failed on, in order (empty unless something failed).
     failed_servers: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// Set when the gateway answered with its own error.
@@ -112,6 +114,7 @@ impl ProxyHttp for Gateway {
             slots: None,
             peer: None,
             outcome_recorded: false,
+            upstream_started: None,
             failed_servers: Vec::new(),
             error: None,
             cache: CacheCtx::default(),
@@ -226,6 +229,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream::record_outcome(ctx, upstream_response.status.as_u16() < 500);
+        upstream::observe_latency(ctx);
         Ok(())
     }
 

@@ -25,7 +25,18 @@ pub(super) fn select_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
     };
     ctx.peer = Some(peer._address.clone());
     ctx.outcome_recorded = false;
+    ctx.upstream_started = Some(std::time::Instant::now());
     Ok(peer)
+}
+
+/// Feeds the upstream's adaptive limit with this attempt's response time.
+pub(super) fn observe_latency(ctx: &Ctx) {
+    let (Some((snap, route)), Some(started)) = (ctx.routed(), ctx.upstream_started) else {
+        return;
+    };
+    if let Some(adaptive) = &snap.adaptive[snap.config.routes[route].upstream] {
+        adaptive.observe(started.elapsed());
+    }
 }
 
 /// Reports how the request went to the server's circuit breaker, once.
