@@ -7,7 +7,7 @@
 //! | `GET /metrics` | open: Prometheus text format |
 //! | `GET /upstreams` | token: servers of every upstream and their health |
 //! | `GET /config` | token: the running configuration (secrets redacted), last reload |
-//! | `GET /limits` | token: each limiter's limit, in-flight count and queue depth |
+//! | `GET /limits` | token: each limiter's limit, in-flight count and queue depth; breaker states |
 //! | `GET /cache/stats` | token: entries, bytes, capacity, outcomes, hit ratio |
 //! | `POST /cache/purge` | token: `{"url"|"prefix"|"tag"|"all", "soft"}` → `{"purged": n}` |
 //!
@@ -102,7 +102,23 @@ impl ServeHttp for AdminApp {
                             serde_json::json!({ "name": name, "limit": max, "in_flight": in_flight, "queued": waiting })
                         })
                         .collect();
-                    json_value(StatusCode::OK, &serde_json::json!({ "limiters": limiters }))
+                    let snap = self.shared.snapshot();
+                    let breakers: serde_json::Map<String, serde_json::Value> = snap
+                        .upstreams
+                        .iter()
+                        .filter_map(|p| {
+                            let states = p.breaker_states()?;
+                            let servers: serde_json::Map<_, _> = states
+                                .into_iter()
+                                .map(|(a, s)| (a, serde_json::json!(s)))
+                                .collect();
+                            Some((p.name().to_owned(), serde_json::Value::Object(servers)))
+                        })
+                        .collect();
+                    json_value(
+                        StatusCode::OK,
+                        &serde_json::json!({ "limiters": limiters, "breakers": breakers }),
+                    )
                 }
                 Err(denied) => denied.response(&id),
             },

@@ -111,6 +111,19 @@ impl UpstreamPool {
         self.breakers.get(i)
     }
 
+    /// Each server's breaker state (`None` without breakers).
+    pub fn breaker_states(&self) -> Option<Vec<(String, &'static str)>> {
+        self.config.breaker.as_ref()?;
+        Some(
+            self.config
+                .servers
+                .iter()
+                .zip(&self.breakers)
+                .map(|(s, b)| (s.addr.to_string(), b.state().as_str()))
+                .collect(),
+        )
+    }
+
     /// Records the outcome of a request to the server at `addr`.
     pub fn record(&self, addr: &PeerAddr, ok: bool) {
         let (Some(br), Some(settings)) = (self.breaker(addr), self.config.breaker.as_ref()) else {

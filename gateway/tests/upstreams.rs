@@ -211,6 +211,8 @@ async fn the_breaker_opens_half_opens_and_closes() {
     assert_eq!(origin.hits(), 3);
     let v = gw.admin_json("/upstreams", TOKEN).await;
     assert_eq!(v["upstreams"][0]["servers"][0]["breaker"], "open", "{v}");
+    let v = gw.admin_json("/limits", TOKEN).await;
+    assert_eq!(v["breakers"]["app"][origin.addr.to_string()], "open", "{v}");
 
     // Half-open after open_for: one probe; it fails, so the breaker opens again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
