@@ -9,6 +9,7 @@
 //! - [`client`]: connection cap and whole-header deadline around the proxy.
 //! - [`breaker`]: per-server circuit breakers.
 //! - [`cache`]: the response cache (storage, policy, outcome).
+//! - [`access_log`]: JSON lines from a background writer.
 //! - [`adaptive`]: latency-driven concurrency limit per upstream.
 //! - [`admin`]: the admin listener (`/health`, `/ready`, `/metrics`).
 //! - [`hop_by_hop`]: connection-only header fields, stripped both ways.
@@ -20,6 +21,7 @@
 //! - [`lifecycle`]: signals (reload, drain, upgrade), pid file.
 //! - [`server`]: wiring of the Pingora server from a config, and process start.
 
+pub mod access_log;
 pub mod adaptive;
 pub mod admin;
 pub mod breaker;

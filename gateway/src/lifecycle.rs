@@ -8,6 +8,7 @@
 //! | `SIGTERM` | `/ready` → 503, responses close their connections, listeners keep accepting for `shutdown.drain_delay`; then stop accepting, finish in-flight requests, exit within `shutdown.grace_period` |
 //! | `SIGQUIT` | hand the listening sockets to a new process started with `-u`, finish in-flight requests, exit |
 //! | `SIGINT` | exit at once |
+//! | `SIGUSR1` | reopen the access-log file (after logrotate moved it) |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,11 +72,12 @@ impl Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut hup), Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+        let (Ok(mut hup), Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1)) = (
             signal(SignalKind::hangup()),
             signal(SignalKind::terminate()),
             signal(SignalKind::quit()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined1()),
         ) else {
             tracing::error!("cannot install signal handlers: stopping");
             return ShutdownSignal::FastShutdown;
@@ -83,6 +85,7 @@ impl ShutdownSignalWatch for Signals {
         loop {
             tokio::select! {
                 _ = hup.recv() => reload(&self.shared).await,
+                _ = usr1.recv() => crate::access_log::reopen(),
                 _ = term.recv() => {
                     let drain = self.shared.snapshot().config.shutdown.drain_delay;
                     tracing::info!(?drain, "SIGTERM: draining (/ready is 503), still accepting");

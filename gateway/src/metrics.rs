@@ -8,9 +8,51 @@ use std::sync::LazyLock;
 
 use crate::cache::CacheOutcome;
 use prometheus::{
-    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, TextEncoder,
 };
+
+/// Latency buckets for a proxy: 100 µs to 30 s.
+pub const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "gateway_request_duration_seconds",
+        "Whole request duration, by route, status class and cache outcome.",
+        &["route", "status", "cache"],
+        BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+static UPSTREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "gateway_upstream_duration_seconds",
+        "Time from sending a request upstream to its response header, by upstream.",
+        &["upstream"],
+        BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+static QUEUE_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "gateway_queue_wait_seconds",
+        "Time spent waiting for a concurrency slot, by route.",
+        &["route"],
+        BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+/// The upstream duration histogram of `upstream` (resolve once per pool).
+pub fn upstream_duration(upstream: &str) -> Histogram {
+    UPSTREAM_DURATION.with_label_values(&[upstream])
+}
 
 /// The `route` label of requests that matched no route.
 pub const NO_ROUTE: &str = "none";
@@ -204,6 +246,14 @@ static CACHE_CAPACITY: LazyLock<IntGauge> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_access_log_dropped_total",
+        "Access-log lines dropped because the writer fell behind."
+    )
+    .expect("metric registers once")
+});
+
 static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = register_int_gauge_vec!("gateway_build_info", "Build information.", &["version"])
         .expect("metric registers once");
@@ -216,6 +266,9 @@ pub struct RouteMetrics {
     name: String,
     by_class: [IntCounter; 5],
     by_cache: [IntCounter; 7],
+    /// Duration histograms by status class (5) × cache outcome (7 + none).
+    durations: Vec<Histogram>,
+    queue_wait: Histogram,
 }
 
 impl RouteMetrics {
@@ -223,11 +276,31 @@ impl RouteMetrics {
     pub fn new(name: &str) -> Self {
         let c = |class| REQUESTS.with_label_values(&[name, class]);
         let o = |outcome: CacheOutcome| CACHE_REQUESTS.with_label_values(&[name, outcome.label()]);
+        let mut durations = Vec::with_capacity(40);
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            for cache in CacheOutcome::ALL.iter().map(|o| o.label()).chain(["none"]) {
+                durations.push(REQUEST_DURATION.with_label_values(&[name, class, cache]));
+            }
+        }
         Self {
             name: name.to_owned(),
             by_class: [c("1xx"), c("2xx"), c("3xx"), c("4xx"), c("5xx")],
             by_cache: CacheOutcome::ALL.map(o),
+            durations,
+            queue_wait: QUEUE_WAIT.with_label_values(&[name]),
         }
+    }
+
+    /// Records a finished request's duration.
+    pub fn duration(&self, status: u16, cache: Option<CacheOutcome>, seconds: f64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        let outcome = cache.map_or(7, |c| c as usize);
+        self.durations[class * 8 + outcome].observe(seconds);
+    }
+
+    /// Records a wait for a concurrency slot.
+    pub fn queue_wait(&self, seconds: f64) {
+        self.queue_wait.observe(seconds);
     }
 
     /// Counts a rate-limited request.
@@ -364,6 +437,11 @@ pub fn cache_totals() -> std::collections::BTreeMap<String, u64> {
     out
 }
 
+/// Counts a dropped access-log line.
+pub fn access_log_dropped() {
+    ACCESS_LOG_DROPPED.inc();
+}
+
 /// Counts an eviction.
 pub fn cache_eviction() {
     CACHE_EVICTIONS.inc();
@@ -387,6 +465,15 @@ pub fn init() {
     LazyLock::force(&CACHE_INVALIDATIONS);
     LazyLock::force(&CACHE_COLLAPSED);
     LazyLock::force(&CACHE_PURGES);
+    LazyLock::force(&ACCESS_LOG_DROPPED);
+    LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&UPSTREAM_DURATION);
+    LazyLock::force(&QUEUE_WAIT);
+    static PROCESS: std::sync::Once = std::sync::Once::new();
+    PROCESS.call_once(|| {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        let _ = prometheus::register(Box::new(pc));
+    });
     LazyLock::force(&CACHE_ENTRIES);
     LazyLock::force(&CACHE_BYTES);
     LazyLock::force(&CACHE_CAPACITY);

@@ -34,6 +34,8 @@ pub struct UpstreamPool {
     pub config: Upstream,
     /// One circuit breaker per server (same order as `config.servers`).
     breakers: Vec<CircuitBreaker>,
+    /// Upstream response-time histogram handle.
+    pub duration: prometheus::Histogram,
     balancer: LoadBalancer<RoundRobin>,
     /// Milliseconds since [`EPOCH`] at which the next health check is due.
     next_check_ms: AtomicU64,
@@ -54,6 +56,7 @@ impl UpstreamPool {
                 .iter()
                 .map(|_| CircuitBreaker::default())
                 .collect(),
+            duration: metrics::upstream_duration(&config.name),
             config,
             balancer,
             next_check_ms: AtomicU64::new(0),

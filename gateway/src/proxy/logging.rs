@@ -3,17 +3,43 @@
 use pingora::prelude::*;
 
 use super::Ctx;
+use crate::access_log;
 use crate::metrics::UNROUTED;
 
 /// Records the outcome of a finished request.
 pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let elapsed = ctx.started.elapsed();
     let metrics = match ctx.routed() {
         Some((snap, route)) => &snap.route_metrics[route],
         None => &*UNROUTED,
     };
     if status > 0 {
         metrics.request(status);
+        metrics.duration(status, ctx.cache.outcome, elapsed.as_secs_f64());
+    }
+    if let Some(snap) = ctx.snapshot.as_deref() {
+        if snap.config.access_log.enabled {
+            access_log::start(&snap.config.access_log.target);
+            let req = session.req_header();
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            access_log::log(&access_log::Line {
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                request_id: ctx.request_id(),
+                client: ctx.client.ip.to_string(),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                bytes: session.body_bytes_sent(),
+                duration_ms: ms(elapsed),
+                route: ctx.routed().map(|(s, r)| s.config.routes[r].name.as_str()),
+                upstream: ctx.peer.as_ref().map(|p| p.to_string()),
+                upstream_ms: ctx.upstream_elapsed.map(ms),
+                queue_ms: ctx.queue_wait.map(ms),
+                cache: ctx.cache.outcome.map(|o| o.label()),
+                error: ctx.error.map(|e| e.kind()),
+            });
+        }
     }
     if let Some(outcome) = ctx.cache.outcome {
         metrics.cache(outcome);

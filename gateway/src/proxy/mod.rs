@@ -59,6 +59,12 @@ pub struct Ctx {
     outcome_recorded: bool,
     /// When the current upstream attempt started (for the adaptive limit).
     upstream_started: Option<std::time::Instant>,
+    /// Time to the upstream's response header.
+    upstream_elapsed: Option<std::time::Duration>,
+    /// Wait for concurrency slots.
+    queue_wait: Option<std::time::Duration>,
+    /// When the request began.
+    started: std::time::Instant,
     /// Servers a connect failed on, in order (empty unless something failed).
     failed_servers: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// Set when the gateway answered with its own error.
@@ -115,6 +121,9 @@ impl ProxyHttp for Gateway {
             peer: None,
             outcome_recorded: false,
             upstream_started: None,
+            upstream_elapsed: None,
+            queue_wait: None,
+            started: std::time::Instant::now(),
             failed_servers: Vec::new(),
             error: None,
             cache: CacheCtx::default(),

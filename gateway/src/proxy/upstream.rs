@@ -30,13 +30,19 @@ pub(super) fn select_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
 }
 
 /// Feeds the upstream's adaptive limit with this attempt's response time.
-pub(super) fn observe_latency(ctx: &Ctx) {
+pub(super) fn observe_latency(ctx: &mut Ctx) {
     let (Some((snap, route)), Some(started)) = (ctx.routed(), ctx.upstream_started) else {
         return;
     };
-    if let Some(adaptive) = &snap.adaptive[snap.config.routes[route].upstream] {
-        adaptive.observe(started.elapsed());
+    let elapsed = started.elapsed();
+    let upstream = snap.config.routes[route].upstream;
+    snap.upstreams[upstream]
+        .duration
+        .observe(elapsed.as_secs_f64());
+    if let Some(adaptive) = &snap.adaptive[upstream] {
+        adaptive.observe(elapsed);
     }
+    ctx.upstream_elapsed = Some(elapsed);
 }
 
 /// Reports how the request went to the server's circuit breaker, once.
@@ -121,6 +127,7 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     let (max_waiting, timeout) = r.limits.queue.map_or((0, std::time::Duration::ZERO), |q| {
         (q.max_len as usize, q.timeout)
     });
+    let queued_at = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let wait = async move {
         let route_slot = match &route_limiter {
@@ -145,6 +152,11 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     } else {
         Some(wait.await)
     };
+    let waited = queued_at.elapsed();
+    ctx.queue_wait = Some(waited);
+    if let Some((snap, route)) = ctx.routed() {
+        snap.route_metrics[route].queue_wait(waited.as_secs_f64());
+    }
     match outcome {
         Some(Ok(slots)) => {
             ctx.slots = Some(slots);

@@ -1,0 +1,103 @@
+//! Access log and metrics.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test]
+async fn access_log_lines_are_json_with_the_fields_and_no_secrets_and_reopen_on_usr1() {
+    let origin = Origin::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+access_log: {{ enabled: true, path: "{}" }}
+upstreams: {{ app: {{ servers: ["{}"] }} }}
+routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app, cache: {{ enabled: true }} }}]
+"#,
+        log.display(),
+        origin.addr
+    );
+    let gw = Gateway::start(&yaml).await;
+    let r = client()
+        .get(gw.url("/resp/logged?size=7&token=secret-query"))
+        .header("authorization", "Bearer secret-token")
+        .header("cookie", "session=secret-cookie")
+        .header("x-request-id", "log-rid-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let read_lines = |path: std::path::PathBuf| async move {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if !text.is_empty() {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing logged to {}",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let text = read_lines(log.clone()).await;
+    for secret in ["secret-token", "secret-cookie", "secret-query"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["request_id"], "log-rid-1");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(
+        (line["method"].as_str(), line["path"].as_str()),
+        (Some("GET"), Some("/resp/logged"))
+    );
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], 7);
+    assert_eq!(line["route"], "all");
+    assert_eq!(line["upstream"], origin.addr.to_string());
+    assert_eq!(line["cache"], "uncacheable");
+    for f in ["time", "duration_ms", "upstream_ms"] {
+        assert!(!line[f].is_null(), "{f}: {line}");
+    }
+
+    // logrotate: move the file away, SIGUSR1, new lines go to a new file.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gw.signal("USR1");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client().get(gw.url("/after-rotate")).send().await.unwrap();
+    let text = read_lines(log.clone()).await;
+    assert!(text.contains("/after-rotate"), "{text}");
+}
+
+#[tokio::test]
+async fn request_and_upstream_histograms_and_process_metrics() {
+    let origin = Origin::start("a").await;
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+upstreams: {{ app: {{ servers: ["{}"] }} }}
+routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
+"#,
+        origin.addr
+    );
+    let gw = Gateway::start(&yaml).await;
+    client().get(gw.url("/x")).send().await.unwrap();
+    gw.wait_metrics(&[
+        r#"gateway_request_duration_seconds_count{cache="none",route="all",status="2xx"} 1"#,
+        r#"gateway_upstream_duration_seconds_count{upstream="app"} 1"#,
+        r#"gateway_request_duration_seconds_bucket{cache="none",route="all",status="2xx",le="0.0001"}"#,
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "gateway_build_info",
+    ])
+    .await;
+}
