@@ -58,13 +58,37 @@ impl ServeHttp for AdminApp {
                     json(StatusCode::OK, r#"{"status":"ready"}"#)
                 }
             }
-            "/metrics" if get => Response::builder()
-                .status(StatusCode::OK)
-                .header(
-                    header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )
-                .body(metrics::render()),
+            "/metrics" if get => {
+                metrics::publish_upstreams(&self.shared.snapshot());
+                let text = metrics::render();
+                // Compressed only for clients that ask (Prometheus does).
+                let gzip = req
+                    .headers
+                    .get_all(header::ACCEPT_ENCODING)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| {
+                        v.split(',')
+                            .any(|e| e.trim().split(';').next() == Some("gzip"))
+                    });
+                let b = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
+                    .header(header::VARY, "Accept-Encoding");
+                if gzip {
+                    use std::io::Write;
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    let _ = enc.write_all(&text);
+                    b.header(header::CONTENT_ENCODING, "gzip")
+                        .body(enc.finish().unwrap_or_default())
+                } else {
+                    b.body(text)
+                }
+            }
             "/upstreams" if get => match self.check_token(session) {
                 Ok(()) => {
                     let snap = self.shared.snapshot();

@@ -60,11 +60,24 @@ pub const NO_ROUTE: &str = "none";
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "gateway_requests_total",
-        "Requests answered, by route and status class.",
-        &["route", "status"]
+        "Requests answered, by route, method, status class and cache outcome.",
+        &["route", "method", "status", "cache"]
     )
     .expect("metric registers once")
 });
+
+/// The `method` label: a fixed set, anything else is `other`.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(m: &http::Method) -> usize {
+    METHODS[..7]
+        .iter()
+        .position(|x| *x == m.as_str())
+        .unwrap_or(7)
+}
 
 static ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -254,6 +267,44 @@ static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static SERVER_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "gateway_upstream_server_up",
+        "1 when the health checks see the server healthy, else 0.",
+        &["upstream", "server"]
+    )
+    .expect("metric registers once")
+});
+
+static BREAKER_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "gateway_upstream_breaker_state",
+        "1 for the breaker's current state (closed, open, half_open), 0 for the others.",
+        &["upstream", "server", "state"]
+    )
+    .expect("metric registers once")
+});
+
+/// Publishes server health and breaker states (called before a scrape).
+pub fn publish_upstreams(snap: &crate::state::Snapshot) {
+    for pool in &snap.upstreams {
+        let status = serde_json::to_value(pool.status()).unwrap_or_default();
+        for s in status["servers"].as_array().into_iter().flatten() {
+            let server = s["address"].as_str().unwrap_or("");
+            SERVER_UP
+                .with_label_values(&[pool.name(), server])
+                .set(i64::from(s["healthy"].as_bool().unwrap_or(false)));
+        }
+        for (server, state) in pool.breaker_states().unwrap_or_default() {
+            for st in ["closed", "open", "half_open"] {
+                BREAKER_STATE
+                    .with_label_values(&[pool.name(), &server, st])
+                    .set(i64::from(st == state));
+            }
+        }
+    }
+}
+
 static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = register_int_gauge_vec!("gateway_build_info", "Build information.", &["version"])
         .expect("metric registers once");
@@ -264,7 +315,10 @@ static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 /// Metric handles of one route, resolved once per snapshot.
 pub struct RouteMetrics {
     name: String,
-    by_class: [IntCounter; 5],
+    /// Request counters by method × status class × cache outcome, each
+    /// resolved on first use (so only seen combinations are exported) and
+    /// then recorded without allocation.
+    requests: Box<[std::sync::OnceLock<IntCounter>]>,
     by_cache: [IntCounter; 7],
     /// Duration histograms by status class (5) × cache outcome (7 + none).
     durations: Vec<Histogram>,
@@ -274,7 +328,6 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// Resolves the handles for route `name`.
     pub fn new(name: &str) -> Self {
-        let c = |class| REQUESTS.with_label_values(&[name, class]);
         let o = |outcome: CacheOutcome| CACHE_REQUESTS.with_label_values(&[name, outcome.label()]);
         let mut durations = Vec::with_capacity(40);
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
@@ -284,7 +337,9 @@ impl RouteMetrics {
         }
         Self {
             name: name.to_owned(),
-            by_class: [c("1xx"), c("2xx"), c("3xx"), c("4xx"), c("5xx")],
+            requests: (0..METHODS.len() * CLASSES.len() * 8)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             by_cache: CacheOutcome::ALL.map(o),
             durations,
             queue_wait: QUEUE_WAIT.with_label_values(&[name]),
@@ -319,9 +374,19 @@ impl RouteMetrics {
     }
 
     /// Counts one answered request.
-    pub fn request(&self, status: u16) {
-        let i = (status / 100).clamp(1, 5) as usize - 1;
-        self.by_class[i].inc();
+    pub fn request(&self, method: &http::Method, status: u16, cache: Option<CacheOutcome>) {
+        let (m, c) = (
+            method_index(method),
+            (status / 100).clamp(1, 5) as usize - 1,
+        );
+        let o = cache.map_or(7, |o| o as usize);
+        let i = (m * CLASSES.len() + c) * 8 + o;
+        self.requests[i]
+            .get_or_init(|| {
+                let outcome = cache.map_or("none", |o| o.label());
+                REQUESTS.with_label_values(&[&self.name, METHODS[m], CLASSES[c], outcome])
+            })
+            .inc();
     }
 
     /// Counts one response the gateway made itself.

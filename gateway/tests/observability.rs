@@ -101,3 +101,57 @@ routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
     ])
     .await;
 }
+
+#[tokio::test]
+async fn metrics_are_gzipped_only_when_asked_and_count_upstream_errors_by_kind() {
+    let origin = Origin::start("a").await;
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+upstreams:
+  app: {{ servers: ["{}"], read_timeout: 200ms, health_check: {{ path: /health, interval: 100ms, timeout: 100ms }}, breaker: {{ consecutive_failures: 50, open_for: 1s }} }}
+routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
+"#,
+        origin.addr
+    );
+    let gw = Gateway::start(&yaml).await;
+    client()
+        .get(gw.url("/resp/e?status=503"))
+        .send()
+        .await
+        .unwrap();
+    client().get(gw.url("/slow/1000")).send().await.unwrap();
+    let m = gw
+        .wait_metrics(&[
+            r#"gateway_upstream_errors_total{kind="5xx",upstream="app"} 1"#,
+            r#"gateway_upstream_errors_total{kind="timeout",upstream="app"} 1"#,
+            &format!(
+                r#"gateway_upstream_server_up{{server="{}",upstream="app"}} 1"#,
+                origin.addr
+            ),
+            &format!(
+                r#"gateway_upstream_breaker_state{{server="{}",state="closed",upstream="app"}} 1"#,
+                origin.addr
+            ),
+        ])
+        .await;
+    assert!(m.contains(
+        "gateway_requests_total{cache=\"none\",method=\"GET\",route=\"all\",status=\"5xx\"}"
+    ));
+
+    let plain = reqwest::Client::builder().no_gzip().build().unwrap();
+    let r = plain.get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+    let r = plain
+        .get(gw.admin_url("/metrics"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let body = r.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text).unwrap();
+    assert!(text.contains("gateway_build_info"));
+}

@@ -405,8 +405,10 @@ async fn admin_health_ready_and_metrics() {
         .to_str()
         .unwrap()
         .starts_with("text/plain"));
-    gw.wait_metrics(&[r#"gateway_requests_total{route="default",status="2xx"} 1"#])
-        .await;
+    gw.wait_metrics(&[
+        r#"gateway_requests_total{cache="none",method="GET",route="default",status="2xx"} 1"#,
+    ])
+    .await;
     let r = c.get(gw.admin_url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     json_error(r).await;

@@ -15,7 +15,7 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         None => &*UNROUTED,
     };
     if status > 0 {
-        metrics.request(status);
+        metrics.request(&session.req_header().method, status, ctx.cache.outcome);
         metrics.duration(status, ctx.cache.outcome, elapsed.as_secs_f64());
     }
     if let Some(snap) = ctx.snapshot.as_deref() {

@@ -237,7 +237,14 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream::record_outcome(ctx, upstream_response.status.as_u16() < 500);
+        let ok = upstream_response.status.as_u16() < 500;
+        upstream::record_outcome(ctx, ok);
+        if !ok {
+            if let Some((snap, route)) = ctx.routed() {
+                let pool = &snap.upstreams[snap.config.routes[route].upstream];
+                crate::metrics::upstream_error(pool.name(), "5xx");
+            }
+        }
         upstream::observe_latency(ctx);
         Ok(())
     }
@@ -256,6 +263,7 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if e.esource() == &pingora::ErrorSource::Upstream && ctx.peer.is_some() {
             upstream::record_outcome(ctx, false);
+            upstream::count_error(ctx, e);
         }
         response::fail_to_proxy(session, e, ctx).await
     }

@@ -45,6 +45,26 @@ pub(super) fn observe_latency(ctx: &mut Ctx) {
     ctx.upstream_elapsed = Some(elapsed);
 }
 
+/// Counts an upstream failure by kind (connect failures are counted per attempt
+/// in `on_connect_failure`).
+pub(super) fn count_error(ctx: &Ctx, e: &Error) {
+    use ErrorType::*;
+    let kind = match e.etype() {
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure => {
+            return
+        }
+        ReadTimedout | WriteTimedout => "timeout",
+        ConnectionClosed | ReadError | WriteError => "reset",
+        _ => "other",
+    };
+    if let Some((snap, route)) = ctx.routed() {
+        crate::metrics::upstream_error(
+            snap.upstreams[snap.config.routes[route].upstream].name(),
+            kind,
+        );
+    }
+}
+
 /// Reports how the request went to the server's circuit breaker, once.
 pub(super) fn record_outcome(ctx: &mut Ctx, ok: bool) {
     if ctx.outcome_recorded {
