@@ -430,8 +430,12 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         assert_eq!(r.status(), 200);
     }
     let n = origin.connections.load(std::sync::atomic::Ordering::SeqCst);
+    // Without reuse this would be 20. A connection goes back to the pool just
+    // after its response is sent, so on a busy machine the next request may
+    // find it not yet returned (and each worker thread may keep one): a
+    // handful, never one per request.
     assert!(
-        n <= 2,
+        n <= 6,
         "20 sequential requests used {n} upstream connections"
     );
 }
