@@ -63,3 +63,112 @@ fn stop_timeout_covers_the_grace_period() {
         assert!(unit.contains(needed), "{needed} missing");
     }
 }
+
+const PROMETHEUS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus");
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/grafana/gateway.json"
+);
+
+fn promtool() -> bool {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("promtool not installed (scripts/test installs Debian's prometheus package as root): promtool checks skipped");
+    }
+    found
+}
+
+#[test]
+fn prometheus_config_and_alert_rules_pass_promtool() {
+    if !promtool() {
+        return;
+    }
+    for args in [
+        ["check", "config", "scrape.yml"],
+        ["check", "rules", "alerts.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(PROMETHEUS_DIR)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_passes_promtool_check_metrics() {
+    if !promtool() {
+        return;
+    }
+    let origin = common::Origin::start("a").await;
+    let yaml = format!(
+        "listen: \"{{listen}}\"\nadmin: {{ listen: \"{{admin}}\" }}\nupstreams: {{ app: {{ servers: [\"{}\"] }} }}\nroutes: [{{ name: all, upstream: app, cache: {{ enabled: true }} }}]\n",
+        origin.addr
+    );
+    let gw = common::Gateway::start(&yaml).await;
+    common::client()
+        .get(gw.url("/resp/x?h=Cache-Control:max-age%3D60"))
+        .send()
+        .await
+        .unwrap();
+    let text = gw
+        .wait_metrics(&["gateway_request_duration_seconds_count"])
+        .await;
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_dashboard_is_valid_json_over_exported_metrics() {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let panels = v["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    for metric in [
+        "gateway_requests_total",
+        "gateway_request_duration_seconds_bucket",
+        "gateway_cache_requests_total",
+        "gateway_queue_depth",
+        "gateway_shed_total",
+        "gateway_upstream_server_up",
+        "app_redis_pool_waiters",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(metric)),
+            "no panel uses {metric}"
+        );
+    }
+}
