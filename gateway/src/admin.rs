@@ -7,6 +7,7 @@
 //! | `GET /metrics` | open: Prometheus text format |
 //! | `GET /upstreams` | token: servers of every upstream and their health |
 //! | `GET /config` | token: the running configuration (secrets redacted), last reload |
+//! | `GET /stats` | token: requests/s, p50/p99, status classes, hit ratio, in-flight, upstream health |
 //! | `GET /limits` | token: each limiter's limit, in-flight count and queue depth; breaker states |
 //! | `GET /cache/stats` | token: entries, bytes, capacity, outcomes, hit ratio |
 //! | `POST /cache/purge` | token: `{"url"|"prefix"|"tag"|"all", "soft"}` → `{"purged": n}` |
@@ -118,6 +119,16 @@ impl ServeHttp for AdminApp {
                 }
                 Err(denied) => denied.response(&id),
             },
+            "/stats" if get => match self.check_token(session) {
+                Ok(()) => {
+                    let mut v = metrics::summary();
+                    let snap = self.shared.snapshot();
+                    let ups: Vec<_> = snap.upstreams.iter().map(|p| p.status()).collect();
+                    v["upstreams"] = serde_json::to_value(ups).unwrap_or_default();
+                    json_value(StatusCode::OK, &v)
+                }
+                Err(denied) => denied.response(&id),
+            },
             "/limits" if get => match self.check_token(session) {
                 Ok(()) => {
                     let limiters: Vec<_> = crate::limits::snapshot()
@@ -155,7 +166,7 @@ impl ServeHttp for AdminApp {
                 Err(denied) => denied.response(&id),
             },
             "/health" | "/ready" | "/metrics" | "/upstreams" | "/config" | "/cache/stats"
-            | "/cache/purge" | "/limits" => Response::builder()
+            | "/cache/purge" | "/limits" | "/stats" => Response::builder()
                 .status(StatusCode::METHOD_NOT_ALLOWED)
                 .header(header::ALLOW, "GET, HEAD")
                 .header(header::CONTENT_TYPE, "application/json")

@@ -507,6 +507,84 @@ pub fn access_log_dropped() {
     ACCESS_LOG_DROPPED.inc();
 }
 
+static STARTED: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+
+/// `GET /stats`: a human-sized summary since start.
+pub fn summary() -> serde_json::Value {
+    let mut total = 0.0;
+    let mut classes = std::collections::BTreeMap::<String, f64>::new();
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for fam in prometheus::gather() {
+        match fam.name() {
+            "gateway_requests_total" => {
+                for m in fam.get_metric() {
+                    let v = m.get_counter().value();
+                    total += v;
+                    if let Some(l) = m.get_label().iter().find(|l| l.name() == "status") {
+                        *classes.entry(l.value().to_owned()).or_default() += v;
+                    }
+                }
+            }
+            "gateway_request_duration_seconds" => {
+                for m in fam.get_metric() {
+                    for (i, b) in m.get_histogram().get_bucket().iter().enumerate() {
+                        if buckets.len() <= i {
+                            buckets.push((b.upper_bound(), 0.0));
+                        }
+                        buckets[i].1 += b.cumulative_count() as f64;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let quantile = |q: f64| -> Option<f64> {
+        let count = buckets.last()?.1;
+        if count == 0.0 {
+            return None;
+        }
+        let rank = q * count;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(upper, cum) in &buckets {
+            if cum >= rank {
+                let frac = if cum > below {
+                    (rank - below) / (cum - below)
+                } else {
+                    1.0
+                };
+                return Some((lower + (upper - lower) * frac) * 1000.0);
+            }
+            lower = upper;
+            below = cum;
+        }
+        Some(lower * 1000.0)
+    };
+    let cache = cache_totals();
+    let hits = cache.get("hit").copied().unwrap_or(0) as f64;
+    let lookups: f64 = [
+        "hit",
+        "miss",
+        "stale",
+        "revalidated",
+        "expired",
+        "uncacheable",
+    ]
+    .iter()
+    .map(|k| cache.get(*k).copied().unwrap_or(0) as f64)
+    .sum();
+    let uptime = STARTED.elapsed().as_secs_f64().max(1.0);
+    serde_json::json!({
+        "uptime_seconds": uptime.round(),
+        "requests": total,
+        "requests_per_second": (total / uptime * 100.0).round() / 100.0,
+        "by_status": classes,
+        "latency_ms": { "p50": quantile(0.5), "p99": quantile(0.99) },
+        "cache_hit_ratio": if lookups > 0.0 { hits / lookups } else { 0.0 },
+        "open_connections": open_connections(),
+        "in_flight": crate::limits::snapshot().into_iter().map(|(n, _, f, q)| (n, serde_json::json!({"in_flight": f, "queued": q}))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
 /// Counts an eviction.
 pub fn cache_eviction() {
     CACHE_EVICTIONS.inc();
@@ -514,6 +592,7 @@ pub fn cache_eviction() {
 
 /// Registers everything so that the first scrape already lists every family.
 pub fn init() {
+    LazyLock::force(&STARTED);
     LazyLock::force(&REQUESTS);
     LazyLock::force(&ERRORS);
     LazyLock::force(&HEALTH_CHANGES);

@@ -155,3 +155,41 @@ routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text).unwrap();
     assert!(text.contains("gateway_build_info"));
 }
+
+#[tokio::test]
+async fn stats_summary_and_bounded_labels_under_random_paths() {
+    let origin = Origin::start("a").await;
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}", token: stats-token-0123456789 }}
+upstreams: {{ app: {{ servers: ["{}"] }} }}
+routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
+"#,
+        origin.addr
+    );
+    let gw = Gateway::start(&yaml).await;
+    for i in 0..40 {
+        client()
+            .get(gw.url(&format!("/random/{i}/{}", i * 7919)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let m = gw
+        .wait_metrics(&[
+            r#"gateway_requests_total{cache="none",method="GET",route="all",status="2xx"} 40"#,
+        ])
+        .await;
+    let series = m
+        .lines()
+        .filter(|l| l.starts_with("gateway_requests_total{"))
+        .count();
+    assert_eq!(series, 1, "one series, whatever the paths");
+    assert!(!m.contains("/random/"), "raw paths never become labels");
+    let v = gw.admin_json("/stats", "stats-token-0123456789").await;
+    assert_eq!(v["requests"], 40.0);
+    assert!(v["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["latency_ms"]["p99"].as_f64().unwrap() >= v["latency_ms"]["p50"].as_f64().unwrap());
+    assert_eq!(v["upstreams"][0]["servers"][0]["healthy"], true);
+}
