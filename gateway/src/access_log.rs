@@ -8,7 +8,7 @@ use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -54,6 +54,25 @@ pub struct Line<'a> {
     pub cache: Option<&'static str>,
     /// The gateway's own error kind, if it answered itself.
     pub error: Option<&'static str>,
+}
+
+/// The current time as RFC 3339 with milliseconds, formatted at most once per
+/// millisecond per thread.
+pub fn now_rfc3339() -> String {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHE: RefCell<(u128, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != ms {
+            *c = (ms, humantime::format_rfc3339_millis(now).to_string());
+        }
+        c.1.clone()
+    })
 }
 
 /// Starts the writer for `target` (once; later calls are ignored).
@@ -106,18 +125,26 @@ fn open_file(path: &PathBuf) -> std::io::Result<std::fs::File> {
 
 fn write_loop(target: LogTarget, rx: Receiver<Vec<u8>>) {
     let mut out = BufWriter::with_capacity(64 * 1024, open(&target));
+    // Wake on a timer and drain in batches: the writer is never parked in
+    // recv(), so a request never pays for waking it.
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                let _ = out.write_all(&line);
-                // Drain what is already queued before flushing.
-                while let Ok(line) = rx.try_recv() {
+        std::thread::sleep(Duration::from_millis(20));
+        let mut wrote = false;
+        loop {
+            match rx.try_recv() {
+                Ok(line) => {
                     let _ = out.write_all(&line);
+                    wrote = true;
                 }
-                let _ = out.flush();
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if wrote {
+            let _ = out.flush();
         }
         if REOPEN.swap(false, Ordering::AcqRel) {
             let _ = out.flush();

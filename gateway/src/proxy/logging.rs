@@ -24,7 +24,7 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
             let req = session.req_header();
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
             access_log::log(&access_log::Line {
-                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                time: access_log::now_rfc3339(),
                 request_id: ctx.request_id(),
                 client: ctx.client.ip.to_string(),
                 method: req.method.as_str(),
