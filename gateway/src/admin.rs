@@ -202,25 +202,13 @@ impl ServeHttp for AdminApp {
 fn cache_stats() -> serde_json::Value {
     let totals = metrics::cache_totals();
     let get = |k: &str| totals.get(k).copied().unwrap_or(0);
-    let hits = get("hit");
-    let lookups: u64 = [
-        "hit",
-        "miss",
-        "stale",
-        "revalidated",
-        "expired",
-        "uncacheable",
-    ]
-    .iter()
-    .map(|k| get(k))
-    .sum();
     let (entries, bytes, capacity) =
         crate::cache::store().map_or((0, 0, 0), |s| (s.len() as u64, s.weight(), s.capacity()));
     serde_json::json!({
         "entries": entries,
         "bytes": bytes,
         "capacity": capacity,
-        "hits": hits,
+        "hits": get("hit"),
         "misses": get("miss") + get("uncacheable"),
         "stale_served": get("stale"),
         "revalidations": get("revalidated") + get("expired"),
@@ -230,7 +218,7 @@ fn cache_stats() -> serde_json::Value {
         "evictions": get("evictions"),
         "purged": get("purged"),
         "invalidations": get("invalidations"),
-        "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
+        "hit_ratio": metrics::cache_hit_ratio(&totals),
     })
 }
 

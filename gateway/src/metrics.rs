@@ -507,6 +507,27 @@ pub fn access_log_dropped() {
     ACCESS_LOG_DROPPED.inc();
 }
 
+/// Hits over lookups (everything that consulted the cache but bypasses).
+pub fn cache_hit_ratio(totals: &std::collections::BTreeMap<String, u64>) -> f64 {
+    let get = |k: &str| totals.get(k).copied().unwrap_or(0) as f64;
+    let lookups: f64 = [
+        "hit",
+        "miss",
+        "stale",
+        "revalidated",
+        "expired",
+        "uncacheable",
+    ]
+    .iter()
+    .map(|k| get(k))
+    .sum();
+    if lookups > 0.0 {
+        get("hit") / lookups
+    } else {
+        0.0
+    }
+}
+
 static STARTED: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
 
 /// `GET /stats`: a human-sized summary since start.
@@ -559,19 +580,7 @@ pub fn summary() -> serde_json::Value {
         }
         Some(lower * 1000.0)
     };
-    let cache = cache_totals();
-    let hits = cache.get("hit").copied().unwrap_or(0) as f64;
-    let lookups: f64 = [
-        "hit",
-        "miss",
-        "stale",
-        "revalidated",
-        "expired",
-        "uncacheable",
-    ]
-    .iter()
-    .map(|k| cache.get(*k).copied().unwrap_or(0) as f64)
-    .sum();
+    let hit_ratio = cache_hit_ratio(&cache_totals());
     let uptime = STARTED.elapsed().as_secs_f64().max(1.0);
     serde_json::json!({
         "uptime_seconds": uptime.round(),
@@ -579,7 +588,7 @@ pub fn summary() -> serde_json::Value {
         "requests_per_second": (total / uptime * 100.0).round() / 100.0,
         "by_status": classes,
         "latency_ms": { "p50": quantile(0.5), "p99": quantile(0.99) },
-        "cache_hit_ratio": if lookups > 0.0 { hits / lookups } else { 0.0 },
+        "cache_hit_ratio": hit_ratio,
         "open_connections": open_connections(),
         "in_flight": crate::limits::snapshot().into_iter().map(|(n, _, f, q)| (n, serde_json::json!({"in_flight": f, "queued": q}))).collect::<serde_json::Map<_, _>>(),
     })

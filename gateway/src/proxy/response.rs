@@ -26,17 +26,7 @@ pub(super) async fn respond_error(
     ctx: &mut Ctx,
     err: GatewayError,
 ) -> Result<()> {
-    ctx.error = Some(err);
-    let body = err.body(ctx.request_id());
-    let header = err.header(ctx.request_id(), body.len())?;
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(header), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    respond_error_with(session, ctx, err, |_| Ok(())).await
 }
 
 /// 429 with `Retry-After` and the draft's `RateLimit-Policy` / `RateLimit` fields.
@@ -46,15 +36,27 @@ pub(super) async fn respond_rate_limited(
     policy: &str,
     retry_after: std::time::Duration,
 ) -> Result<()> {
-    let err = GatewayError::RateLimited;
-    ctx.error = Some(err);
     let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let name = policy.split(';').next().unwrap_or("\"default\"");
+    respond_error_with(session, ctx, GatewayError::RateLimited, |h| {
+        h.insert_header(http::header::RETRY_AFTER, secs)?;
+        h.insert_header("ratelimit-policy", policy)?;
+        h.insert_header("ratelimit", format!("{name};r=0;t={secs}"))
+    })
+    .await
+}
+
+/// The JSON error answer with extra headers; no body for HEAD.
+async fn respond_error_with(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    err: GatewayError,
+    extra: impl FnOnce(&mut ResponseHeader) -> Result<()>,
+) -> Result<()> {
+    ctx.error = Some(err);
     let body = err.body(ctx.request_id());
     let mut header = err.header(ctx.request_id(), body.len())?;
-    header.insert_header(http::header::RETRY_AFTER, secs)?;
-    header.insert_header("ratelimit-policy", policy)?;
-    let name = policy.split(';').next().unwrap_or("\"default\"");
-    header.insert_header("ratelimit", format!("{name};r=0;t={secs}"))?;
+    extra(&mut header)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(header), head_only)
