@@ -58,6 +58,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_size;
     Router::new()
+        .route("/", get(index))
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/me", get(auth::me))
@@ -78,6 +79,23 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// `GET /`: what this service is and what it serves.
+async fn index() -> impl IntoResponse {
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
+        axum::Json(serde_json::json!({
+            "service": "upstream-app",
+            "version": env!("CARGO_PKG_VERSION"),
+            "routes": [
+                "POST /auth/register", "POST /auth/login", "GET /auth/me", "POST /auth/logout",
+                "GET /items", "GET /items/{id}", "POST /items", "PUT /items/{id}", "DELETE /items/{id}",
+                "POST /items/export", "GET /jobs/{id}",
+                "GET /performance/health", "GET /performance/metrics", "GET /performance/tasks", "GET /metrics"
+            ],
+        })),
+    )
 }
 
 /// Request id (kept when sane, else generated; echoed), and metrics by route template.
