@@ -33,7 +33,9 @@ pub fn normalize_query(query: &str, rule: &QueryKey) -> String {
     if matches!(rule, QueryKey::None) || query.is_empty() {
         return String::new();
     }
-    let name = |p: &str| p.split_once('=').map_or(p, |(n, _)| n).to_owned();
+    fn name(param: &str) -> &str {
+        param.split_once('=').map_or(param, |(n, _)| n)
+    }
     let mut params: Vec<&str> = query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -43,7 +45,7 @@ pub fn normalize_query(query: &str, rule: &QueryKey) -> String {
             QueryKey::All | QueryKey::None => true,
         })
         .collect();
-    params.sort_by(|a, b| name(a).cmp(&name(b)).then(a.cmp(b)));
+    params.sort_by(|a, b| name(a).cmp(name(b)).then(a.cmp(b)));
     params.join("&")
 }
 

@@ -190,23 +190,12 @@ pub(super) fn invalidate(session: &Session, resp: &ResponseHeader, ctx: &Ctx) {
     if safe || !(200..400).contains(&resp.status.as_u16()) {
         return;
     }
-    let (Some(store), Some(snap)) = (cache::store(), ctx.snapshot.as_deref()) else {
+    let Some(snap) = ctx.snapshot.as_deref() else {
         return;
     };
-    use pingora::cache::key::CacheHashKey;
     let host = policy::request_host(req);
     // Stored under the key of the caching route that serves GET for the URI.
-    let remove = |path: &str, query: &str| -> usize {
-        let Some(i) = crate::routes::find(&snap.config.routes, &Method::GET, Some(host), path)
-        else {
-            return 0;
-        };
-        let Some(rule) = snap.config.routes[i].cache.as_ref() else {
-            return 0;
-        };
-        let key = policy::key_for(host, path, &policy::normalize_query(query, &rule.query));
-        store.remove_uri(&key.primary_bin())
-    };
+    let remove = |path: &str, query: &str| cache::purge::url_purge(snap, host, path, query, false);
     let mut removed = remove(req.uri.path(), req.uri.query().unwrap_or(""));
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(target) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) else {
