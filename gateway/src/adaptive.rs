@@ -20,7 +20,9 @@ const WINDOW_SAMPLES: u32 = 50;
 /// Windows between two baseline re-measurements.
 const REBASELINE: u32 = 100;
 
-/// The adaptive limit of one upstream.
+/// The adaptive limit of one upstream; owned by the upstream's runtime state
+/// and kept across reloads while its settings stay the same (so a reload
+/// during an incident keeps the limit it has learned).
 pub struct AdaptiveLimit {
     settings: Adaptive,
     limiter: Arc<Limiter>,
@@ -38,8 +40,9 @@ struct State {
 }
 
 impl AdaptiveLimit {
-    /// Drives `limiter` within `settings`, starting from its current limit.
-    pub fn new(settings: Adaptive, limiter: Arc<Limiter>) -> AdaptiveLimit {
+    /// Drives `limiter` within `settings`, starting at `now` from its current
+    /// limit (clamped to `min..=max`).
+    pub fn new(settings: Adaptive, limiter: Arc<Limiter>, now: Instant) -> AdaptiveLimit {
         let start = (limiter.max() as f64).clamp(f64::from(settings.min), f64::from(settings.max));
         limiter.resize(start as usize);
         AdaptiveLimit {
@@ -48,7 +51,7 @@ impl AdaptiveLimit {
             state: Mutex::new(State {
                 limit: start,
                 baseline_ms: 0.0,
-                started: Instant::now(),
+                started: now,
                 sum_ms: 0.0,
                 samples: 0,
                 peak_in_flight: 0,
@@ -57,23 +60,28 @@ impl AdaptiveLimit {
         }
     }
 
-    /// The current limit.
-    pub fn limit(&self) -> usize {
-        self.limiter.max()
+    /// The settings it enforces.
+    pub fn settings(&self) -> &Adaptive {
+        &self.settings
     }
 
-    /// Records one upstream response time.
-    pub fn observe(&self, rtt: Duration) {
+    /// The limiter it drives.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// Records one upstream response time, measured at `now`.
+    pub fn observe(&self, rtt: Duration, now: Instant) {
         let Ok(mut s) = self.state.lock() else { return };
         s.sum_ms += rtt.as_secs_f64() * 1000.0;
         s.samples += 1;
         s.peak_in_flight = s.peak_in_flight.max(self.limiter.in_flight() + 1);
-        if s.started.elapsed() < WINDOW && s.samples < WINDOW_SAMPLES {
+        if now.saturating_duration_since(s.started) < WINDOW && s.samples < WINDOW_SAMPLES {
             return;
         }
         let avg = s.sum_ms / f64::from(s.samples);
         let used = s.peak_in_flight as f64;
-        s.started = Instant::now();
+        s.started = now;
         s.sum_ms = 0.0;
         s.samples = 0;
         s.peak_in_flight = 0;
@@ -88,5 +96,44 @@ impl AdaptiveLimit {
             s.limit = (s.limit + 1.0).min(max);
         }
         self.limiter.resize(s.limit as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn slow_windows_cut_the_limit_and_fast_ones_raise_it() {
+        let settings = Adaptive {
+            min: 2,
+            max: 20,
+            tolerance: 2.0,
+        };
+        let limiter = Limiter::new(20);
+        let t0 = crate::clock::epoch();
+        let a = AdaptiveLimit::new(settings, limiter.clone(), t0);
+        let window = |n: u64, rtt_ms: u64| {
+            for i in 0..WINDOW_SAMPLES {
+                let now = t0 + WINDOW * n as u32 + Duration::from_micros(u64::from(i));
+                a.observe(Duration::from_millis(rtt_ms), now);
+            }
+        };
+        window(0, 10); // the baseline
+        assert_eq!(limiter.max(), 20);
+        window(1, 50);
+        assert_eq!(limiter.max(), 16, "20 % off");
+        window(2, 50);
+        assert_eq!(limiter.max(), 12);
+        // Fast again but barely used (in-flight 1 < half of 12): no raise.
+        window(3, 10);
+        assert_eq!(limiter.max(), 12);
+        // A window closes by time too, with few samples.
+        a.observe(Duration::from_millis(60), t0 + WINDOW * 10);
+        assert_eq!(limiter.max(), 9);
+        for _ in 0..20 {
+            window(0, 200);
+        }
+        assert_eq!(limiter.max(), 2, "never below min");
     }
 }

@@ -25,7 +25,7 @@ use pingora::protocols::http::ServerSession;
 use crate::error::json_error;
 use crate::metrics;
 use crate::request_id;
-use crate::state::Shared;
+use crate::state::{Shared, Snapshot};
 
 /// The admin application.
 pub struct AdminApp {
@@ -60,7 +60,7 @@ impl ServeHttp for AdminApp {
                 }
             }
             "/metrics" if get => {
-                metrics::publish_upstreams(&self.shared.snapshot());
+                publish(&self.shared.snapshot());
                 let text = metrics::render();
                 // Compressed only for clients that ask (Prometheus does).
                 let gzip = req
@@ -123,6 +123,15 @@ impl ServeHttp for AdminApp {
                 Ok(()) => {
                     let mut v = metrics::summary();
                     let snap = self.shared.snapshot();
+                    let in_flight: serde_json::Map<_, _> = snap
+                        .limiters()
+                        .into_iter()
+                        .map(|l| {
+                            let (f, q) = (l.limiter.in_flight(), l.limiter.waiting());
+                            (l.name, serde_json::json!({ "in_flight": f, "queued": q }))
+                        })
+                        .collect();
+                    v["in_flight"] = serde_json::Value::Object(in_flight);
                     let ups: Vec<_> = snap.upstreams.iter().map(|p| p.status()).collect();
                     v["upstreams"] = serde_json::to_value(ups).unwrap_or_default();
                     json_value(StatusCode::OK, &v)
@@ -131,13 +140,15 @@ impl ServeHttp for AdminApp {
             },
             "/limits" if get => match self.check_token(session) {
                 Ok(()) => {
-                    let limiters: Vec<_> = crate::limits::snapshot()
+                    let snap = self.shared.snapshot();
+                    let limiters: Vec<_> = snap
+                        .limiters()
                         .into_iter()
-                        .map(|(name, max, in_flight, waiting)| {
-                            serde_json::json!({ "name": name, "limit": max, "in_flight": in_flight, "queued": waiting })
+                        .map(|l| {
+                            let l2 = l.limiter;
+                            serde_json::json!({ "name": l.name, "limit": l2.max(), "in_flight": l2.in_flight(), "queued": l2.waiting() })
                         })
                         .collect();
-                    let snap = self.shared.snapshot();
                     let breakers: serde_json::Map<String, serde_json::Value> = snap
                         .upstreams
                         .iter()
@@ -195,6 +206,23 @@ impl ServeHttp for AdminApp {
             resp.body_mut().clear();
         }
         resp
+    }
+}
+
+/// Sets the gauges that mirror the running state, before a scrape.
+fn publish(snap: &Snapshot) {
+    metrics::clear_published();
+    for l in snap.limiters() {
+        let l2 = l.limiter;
+        metrics::publish_limiter(&l.name, l2.max(), l2.in_flight(), l2.waiting());
+    }
+    for pool in &snap.upstreams {
+        for server in pool.status().servers {
+            metrics::publish_server(pool.name(), &server.address, server.healthy, server.breaker);
+        }
+    }
+    if let Some(store) = crate::cache::store() {
+        metrics::publish_cache(store.len() as u64, store.weight(), store.capacity());
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`proxy`]: the `ProxyHttp` implementation, one file per Pingora phase.
 //! - [`client`]: connection cap and whole-header deadline around the proxy.
 //! - [`breaker`]: per-server circuit breakers.
+//! - [`clock`]: time passed into the logic that depends on it.
 //! - [`cache`]: the response cache (storage, policy, outcome).
 //! - [`access_log`]: JSON lines from a background writer.
 //! - [`adaptive`]: latency-driven concurrency limit per upstream.
@@ -28,6 +29,7 @@ pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod forwarded;

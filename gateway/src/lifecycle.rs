@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 
 use crate::config::{self, Config};
 use crate::metrics;
-use crate::state::{ReloadStatus, Shared, Snapshot};
+use crate::state::{ReloadStatus, Shared};
 
 /// The signal watcher handed to Pingora through `RunArgs`.
 pub struct Signals {
@@ -170,7 +170,8 @@ pub async fn reload(shared: &Shared) {
     next.upstream_keepalive_pool_size = old.upstream_keepalive_pool_size;
     next.cache.max_size = old.cache.max_size;
     next.cache.max_object_size = old.cache.max_object_size;
-    shared.swap(Snapshot::carrying_over(next, Some(&current)));
+    drop(current);
+    shared.apply(next);
     metrics::reload(true);
     shared.set_reload_status(ReloadStatus::record(true, None, pending));
     tracing::info!(file = %shared.conf_path().display(), "configuration reloaded");

@@ -3,12 +3,13 @@
 //! A request that goes upstream (never a cache hit) takes a route slot, then
 //! an upstream slot, under one deadline (`queue.timeout`). Slots are tokio
 //! semaphore permits (FIFO-fair), held in the request context until the
-//! request ends. Limiters live in a registry keyed by name, so that a reload
-//! keeps their in-flight counts and waiters; a changed limit resizes them.
+//! request ends. A limiter belongs to its route's or upstream's runtime state
+//! in the configuration snapshot, which hands it to the next snapshot on
+//! reload (see [`crate::state`]): in-flight counts and waiters carry over, and
+//! a changed limit resizes it.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -38,24 +39,14 @@ impl Shed {
     }
 }
 
-static REGISTRY: LazyLock<Mutex<HashMap<String, Arc<Limiter>>>> = LazyLock::new(Mutex::default);
-
 impl Limiter {
-    /// The limiter registered as `name`, created or resized to `max`.
-    pub fn named(name: &str, max: usize) -> Arc<Limiter> {
-        let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-        let l = reg
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Limiter {
-                    sem: Arc::new(Semaphore::new(max)),
-                    max: AtomicUsize::new(max),
-                    waiting: AtomicUsize::new(0),
-                })
-            })
-            .clone();
-        l.resize(max);
-        l
+    /// A limiter admitting `max` requests at once.
+    pub fn new(max: usize) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            sem: Arc::new(Semaphore::new(max)),
+            max: AtomicUsize::new(max),
+            waiting: AtomicUsize::new(0),
+        })
     }
 
     /// Changes the limit (waiters and holders are kept).
@@ -122,17 +113,6 @@ impl Limiter {
     }
 }
 
-/// Every limiter: (name, limit, in flight, waiting), for `/limits` and metrics.
-pub fn snapshot() -> Vec<(String, usize, usize, usize)> {
-    let reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out: Vec<_> = reg
-        .iter()
-        .map(|(name, l)| (name.clone(), l.max(), l.in_flight(), l.waiting()))
-        .collect();
-    out.sort();
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,17 +120,19 @@ mod tests {
 
     #[tokio::test]
     async fn queue_bound_timeout_and_resize() {
-        let l = Limiter::named("test:a", 1);
+        let l = Limiter::new(1);
         let p = l.try_acquire().unwrap();
         assert!(l.try_acquire().is_none());
         let soon = tokio::time::Instant::now() + Duration::from_millis(50);
         assert_eq!(l.acquire(0, soon).await.unwrap_err(), Shed::QueueFull);
         assert_eq!(l.acquire(1, soon).await.unwrap_err(), Shed::QueueTimeout);
         drop(p);
-        let l2 = Limiter::named("test:a", 3);
-        assert!(Arc::ptr_eq(&l, &l2), "same limiter by name");
-        let held: Vec<_> = (0..3).map(|_| l2.try_acquire().unwrap()).collect();
-        assert_eq!(l2.in_flight(), 3);
+        l.resize(3);
+        let held: Vec<_> = (0..3).map(|_| l.try_acquire().unwrap()).collect();
+        assert_eq!(l.in_flight(), 3);
+        assert!(l.try_acquire().is_none());
         drop(held);
+        l.resize(2);
+        assert_eq!((l.max(), l.in_flight()), (2, 0));
     }
 }

@@ -285,24 +285,74 @@ static BREAKER_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Publishes server health and breaker states (called before a scrape).
-pub fn publish_upstreams(snap: &crate::state::Snapshot) {
-    for pool in &snap.upstreams {
-        let status = serde_json::to_value(pool.status()).unwrap_or_default();
-        for s in status["servers"].as_array().into_iter().flatten() {
-            let server = s["address"].as_str().unwrap_or("");
-            SERVER_UP
-                .with_label_values(&[pool.name(), server])
-                .set(i64::from(s["healthy"].as_bool().unwrap_or(false)));
+/// Gauges that mirror the running snapshot (limits, server health, breaker
+/// states): cleared before each scrape publishes them again, so that removed
+/// routes, upstreams and servers leave no series behind.
+pub fn clear_published() {
+    SERVER_UP.reset();
+    BREAKER_STATE.reset();
+    LIMIT_MAX.reset();
+    LIMIT_INFLIGHT.reset();
+    LIMIT_QUEUE.reset();
+}
+
+/// Publishes one server's health and breaker state (`closed`, `open`,
+/// `half_open` or `overridden`).
+pub fn publish_server(upstream: &str, server: &str, healthy: bool, breaker: Option<&str>) {
+    SERVER_UP
+        .with_label_values(&[upstream, server])
+        .set(i64::from(healthy));
+    if let Some(state) = breaker {
+        for st in ["closed", "open", "half_open", "overridden"] {
+            BREAKER_STATE
+                .with_label_values(&[upstream, server, st])
+                .set(i64::from(st == state));
         }
-        for (server, state) in pool.breaker_states().unwrap_or_default() {
-            for st in ["closed", "open", "half_open"] {
-                BREAKER_STATE
-                    .with_label_values(&[pool.name(), &server, st])
-                    .set(i64::from(st == state));
+    }
+}
+
+/// Publishes one concurrency limiter's limit, in-flight count and queue depth.
+pub fn publish_limiter(name: &str, limit: usize, in_flight: usize, queued: usize) {
+    LIMIT_MAX.with_label_values(&[name]).set(limit as i64);
+    LIMIT_INFLIGHT
+        .with_label_values(&[name])
+        .set(in_flight as i64);
+    LIMIT_QUEUE.with_label_values(&[name]).set(queued as i64);
+}
+
+/// Publishes the cache's size gauges.
+pub fn publish_cache(entries: u64, bytes: u64, capacity: u64) {
+    CACHE_ENTRIES.set(entries as i64);
+    CACHE_BYTES.set(bytes as i64);
+    CACHE_CAPACITY.set(capacity as i64);
+}
+
+/// Removes every series of `vec` whose `label` is `value`.
+fn remove_series<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    label: &str,
+    value: &str,
+) {
+    use prometheus::core::Collector;
+    for fam in vec.collect() {
+        for m in fam.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get(label) == Some(&value) {
+                let _ = vec.remove(&labels);
             }
         }
     }
+}
+
+/// Drops the series of an upstream that the configuration no longer names.
+pub fn retire_upstream(name: &str) {
+    remove_series(&UPSTREAM_DURATION, "upstream", name);
+    remove_series(&UPSTREAM_ERRORS, "upstream", name);
+    remove_series(&HEALTH_CHANGES, "upstream", name);
 }
 
 static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -319,43 +369,57 @@ pub struct RouteMetrics {
     /// resolved on first use (so only seen combinations are exported) and
     /// then recorded without allocation.
     requests: Box<[std::sync::OnceLock<IntCounter>]>,
-    by_cache: [IntCounter; 7],
-    /// Duration histograms by status class (5) × cache outcome (7 + none).
-    durations: Vec<Histogram>,
-    queue_wait: Histogram,
+    by_cache: [std::sync::OnceLock<IntCounter>; 7],
+    /// Duration histograms by status class (5) × cache outcome (7 + none),
+    /// each resolved on first use.
+    durations: Box<[std::sync::OnceLock<Histogram>]>,
+    queue_wait: std::sync::OnceLock<Histogram>,
 }
 
 impl RouteMetrics {
     /// Resolves the handles for route `name`.
     pub fn new(name: &str) -> Self {
-        let o = |outcome: CacheOutcome| CACHE_REQUESTS.with_label_values(&[name, outcome.label()]);
-        let mut durations = Vec::with_capacity(40);
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-            for cache in CacheOutcome::ALL.iter().map(|o| o.label()).chain(["none"]) {
-                durations.push(REQUEST_DURATION.with_label_values(&[name, class, cache]));
-            }
-        }
         Self {
             name: name.to_owned(),
             requests: (0..METHODS.len() * CLASSES.len() * 8)
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
-            by_cache: CacheOutcome::ALL.map(o),
-            durations,
-            queue_wait: QUEUE_WAIT.with_label_values(&[name]),
+            by_cache: Default::default(),
+            durations: (0..CLASSES.len() * 8)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            queue_wait: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Drops every series of this route (it left the configuration).
+    pub fn retire(&self) {
+        remove_series(&REQUESTS, "route", &self.name);
+        remove_series(&REQUEST_DURATION, "route", &self.name);
+        remove_series(&QUEUE_WAIT, "route", &self.name);
+        remove_series(&ERRORS, "route", &self.name);
+        remove_series(&SHED, "route", &self.name);
+        remove_series(&RATE_LIMITED, "route", &self.name);
+        remove_series(&CACHE_REQUESTS, "route", &self.name);
     }
 
     /// Records a finished request's duration.
     pub fn duration(&self, status: u16, cache: Option<CacheOutcome>, seconds: f64) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         let outcome = cache.map_or(7, |c| c as usize);
-        self.durations[class * 8 + outcome].observe(seconds);
+        self.durations[class * 8 + outcome]
+            .get_or_init(|| {
+                let label = cache.map_or("none", |c| c.label());
+                REQUEST_DURATION.with_label_values(&[&self.name, CLASSES[class], label])
+            })
+            .observe(seconds);
     }
 
     /// Records a wait for a concurrency slot.
     pub fn queue_wait(&self, seconds: f64) {
-        self.queue_wait.observe(seconds);
+        self.queue_wait
+            .get_or_init(|| QUEUE_WAIT.with_label_values(&[&self.name]))
+            .observe(seconds);
     }
 
     /// Counts a rate-limited request.
@@ -370,7 +434,9 @@ impl RouteMetrics {
 
     /// Counts one request's cache outcome.
     pub fn cache(&self, outcome: CacheOutcome) {
-        self.by_cache[outcome as usize].inc();
+        self.by_cache[outcome as usize]
+            .get_or_init(|| CACHE_REQUESTS.with_label_values(&[&self.name, outcome.label()]))
+            .inc();
     }
 
     /// Counts one answered request.
@@ -590,7 +656,6 @@ pub fn summary() -> serde_json::Value {
         "latency_ms": { "p50": quantile(0.5), "p99": quantile(0.99) },
         "cache_hit_ratio": hit_ratio,
         "open_connections": open_connections(),
-        "in_flight": crate::limits::snapshot().into_iter().map(|(n, _, f, q)| (n, serde_json::json!({"in_flight": f, "queued": q}))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -637,18 +702,6 @@ pub fn init() {
 
 /// The default registry in Prometheus text format.
 pub fn render() -> Vec<u8> {
-    for (name, max, inflight, waiting) in crate::limits::snapshot() {
-        LIMIT_MAX.with_label_values(&[&name]).set(max as i64);
-        LIMIT_INFLIGHT
-            .with_label_values(&[&name])
-            .set(inflight as i64);
-        LIMIT_QUEUE.with_label_values(&[&name]).set(waiting as i64);
-    }
-    if let Some(store) = crate::cache::store() {
-        CACHE_ENTRIES.set(store.len() as i64);
-        CACHE_BYTES.set(store.weight() as i64);
-        CACHE_CAPACITY.set(store.capacity() as i64);
-    }
     let mut buf = Vec::with_capacity(16 * 1024);
     // Encoding into a Vec cannot fail on I/O; a metric family error would be a bug.
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);

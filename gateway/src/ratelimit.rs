@@ -5,28 +5,28 @@
 //! Over the limit: 429 with `Retry-After` and the `RateLimit-Policy` /
 //! `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-09.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 
+use crate::clock;
 use crate::config::Rate;
 
-/// Time origin of the theoretical arrival times.
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-/// One route's limiter.
+/// One route's limiter; owned by the route's runtime state and kept across
+/// reloads while the route's `limits.rate` stays the same.
 pub struct RateLimiter {
+    /// The settings it was built from.
+    settings: Rate,
     /// Time between two requests at the sustained rate, in nanoseconds.
     interval: u64,
     /// How far ahead of now a client's schedule may run (the burst), in nanoseconds.
     tolerance: u64,
     /// The policy as the draft writes it, e.g. `"items";q=100;w=1`.
     pub policy: String,
-    /// Client key hash → theoretical arrival time (ns since EPOCH).
+    /// Client key hash → theoretical arrival time (ns since [`clock::epoch`]).
     clients: Cache<u64, Arc<AtomicU64>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -38,11 +38,9 @@ pub struct Limited {
     pub retry_after: Duration,
 }
 
-static REGISTRY: LazyLock<Mutex<HashMap<String, Arc<RateLimiter>>>> = LazyLock::new(Mutex::default);
-
 impl RateLimiter {
-    /// The limiter of route `name`, kept across reloads while its settings stay the same.
-    pub fn named(name: &str, rate: &Rate) -> Arc<RateLimiter> {
+    /// The limiter of route `name`.
+    pub fn new(name: &str, rate: &Rate) -> Arc<RateLimiter> {
         let interval = (rate.per_client.per.as_nanos() / u128::from(rate.per_client.count)) as u64;
         let tolerance = interval.saturating_mul(u64::from(rate.burst.saturating_sub(1)));
         let policy = format!(
@@ -50,30 +48,26 @@ impl RateLimiter {
             rate.per_client.count,
             rate.per_client.per.as_secs().max(1)
         );
-        let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = reg.get(name) {
-            if l.interval == interval
-                && l.tolerance == tolerance
-                && l.clients.capacity() == rate.max_clients as u64
-            {
-                return l.clone();
-            }
-        }
-        let l = Arc::new(RateLimiter {
+        Arc::new(RateLimiter {
+            settings: rate.clone(),
             interval: interval.max(1),
             tolerance,
             policy,
             clients: Cache::new(rate.max_clients),
             hasher: Default::default(),
-        });
-        reg.insert(name.to_owned(), l.clone());
-        l
+        })
     }
 
-    /// Counts one request of `client`; `Err` when it is over the limit.
-    pub fn check(&self, client: &[u8]) -> Result<(), Limited> {
+    /// Whether this limiter enforces `rate` (then a reload keeps it, and the
+    /// clients it tracks).
+    pub fn enforces(&self, rate: &Rate) -> bool {
+        self.settings == *rate
+    }
+
+    /// Counts one request of `client` at `now`; `Err` when it is over the limit.
+    pub fn check(&self, client: &[u8], now: Instant) -> Result<(), Limited> {
         let key = self.hasher.hash_one(client);
-        let now = EPOCH.elapsed().as_nanos() as u64;
+        let now = clock::nanos(now);
         let tat = self
             .clients
             .get_or_insert_with(&key, || Ok::<_, ()>(Arc::new(AtomicU64::new(now))))
@@ -115,13 +109,23 @@ mod tests {
             key_header: None,
             max_clients: 100,
         };
-        let l = RateLimiter::named("test-gcra", &rate);
+        let l = RateLimiter::new("test-gcra", &rate);
+        let t0 = clock::epoch() + Duration::from_secs(1);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         for _ in 0..3 {
-            assert!(l.check(b"a").is_ok());
+            assert!(l.check(b"a", t0).is_ok());
         }
-        let e = l.check(b"a").unwrap_err();
-        assert!(e.retry_after <= Duration::from_millis(100), "{e:?}");
-        assert!(l.check(b"b").is_ok(), "another client is not limited");
+        let e = l.check(b"a", t0).unwrap_err();
+        assert_eq!(e.retry_after, Duration::from_millis(100), "{e:?}");
+        assert!(l.check(b"b", t0).is_ok(), "another client is not limited");
+        assert!(l.check(b"a", at(99)).is_err());
+        assert!(l.check(b"a", at(100)).is_ok(), "one more after 1/rate");
+        assert!(l.check(b"a", at(100)).is_err());
+        assert!(l.check(b"a", at(500)).is_ok());
+        assert!(l.check(b"a", at(500)).is_ok());
+        assert!(l.check(b"a", at(500)).is_ok(), "the burst refilled");
+        assert!(l.check(b"a", at(500)).is_err());
+        assert!(l.enforces(&rate));
         assert_eq!(l.policy, r#""test-gcra";q=10;w=1"#);
     }
 }

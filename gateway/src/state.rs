@@ -12,103 +12,159 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::adaptive::AdaptiveLimit;
-use crate::config::Config;
+use crate::config::{Config, Route};
 use crate::limits::Limiter;
 use crate::metrics::RouteMetrics;
 use crate::ratelimit::RateLimiter;
 use crate::upstream::UpstreamPool;
 
-/// One configuration and everything built from it.
+/// The runtime state of one route: what a request on it counts against.
+pub struct RouteState {
+    /// Concurrency limiter (when `limits.max_inflight` is set).
+    pub limiter: Option<Arc<Limiter>>,
+    /// Per-client rate limiter (when `limits.rate` is set).
+    pub rate: Option<Arc<RateLimiter>>,
+    /// Pre-resolved metric handles.
+    pub metrics: Arc<RouteMetrics>,
+}
+
+impl RouteState {
+    /// The state of `route`, taking over `previous` (the route of the same
+    /// name in the running snapshot): its limiter keeps its in-flight requests
+    /// and waiters (resized to a changed limit), its rate limiter and the
+    /// clients it tracks are kept while the rate is unchanged, and its metric
+    /// handles are kept.
+    fn carrying_over(route: &Route, previous: Option<&RouteState>) -> Self {
+        let limiter = route.limits.max_inflight.map(|max| {
+            let max = max.get() as usize;
+            match previous.and_then(|p| p.limiter.clone()) {
+                Some(l) => {
+                    l.resize(max);
+                    l
+                }
+                None => Limiter::new(max),
+            }
+        });
+        let rate = route.limits.rate.as_ref().map(|rate| {
+            previous
+                .and_then(|p| p.rate.clone())
+                .filter(|l| l.enforces(rate))
+                .unwrap_or_else(|| RateLimiter::new(&route.name, rate))
+        });
+        let metrics = previous
+            .map(|p| p.metrics.clone())
+            .unwrap_or_else(|| Arc::new(RouteMetrics::new(&route.name)));
+        Self {
+            limiter,
+            rate,
+            metrics,
+        }
+    }
+}
+
+/// One configuration and the runtime state built for it. Per-route and
+/// per-upstream state belongs here, not to process-wide registries: a reload
+/// builds the next snapshot from this one by name ([`Snapshot::carrying_over`]),
+/// and what the new configuration no longer names is dropped with its metric
+/// series ([`Snapshot::retire`]).
 pub struct Snapshot {
     /// The validated configuration.
     pub config: Config,
     /// One pool per `config.upstreams` entry, same order.
     pub upstreams: Vec<Arc<UpstreamPool>>,
-    /// Pre-resolved metric handles per `config.routes` entry, same order.
-    pub route_metrics: Vec<RouteMetrics>,
-    /// Concurrency limiter per route (when `limits.max_inflight` is set).
-    pub route_limiters: Vec<Option<Arc<Limiter>>>,
-    /// Concurrency limiter per upstream (when `limits.max_inflight` is set).
-    pub upstream_limiters: Vec<Option<Arc<Limiter>>>,
-    /// Rate limiter per route (when `limits.rate` is set).
-    pub rate_limiters: Vec<Option<Arc<RateLimiter>>>,
-    /// Adaptive limit per upstream (when `limits.adaptive` is set).
-    pub adaptive: Vec<Option<Arc<AdaptiveLimit>>>,
+    /// Runtime state per `config.routes` entry, same order.
+    pub routes: Vec<RouteState>,
+}
+
+/// One concurrency limiter as `/limits` and the metrics name it.
+pub struct LimiterView<'a> {
+    /// `route:<name>` or `upstream:<name>`.
+    pub name: String,
+    /// The limiter.
+    pub limiter: &'a Limiter,
 }
 
 impl Snapshot {
-    /// Builds pools and metric handles for a validated configuration.
+    /// Builds pools, limiters and metric handles for a validated configuration.
     pub fn new(config: Config) -> Self {
         Self::carrying_over(config, None)
     }
 
-    /// Like [`Snapshot::new`], reusing `previous`'s pools (and so their health
-    /// state and connection pools) for upstreams whose configuration is unchanged.
+    /// Like [`Snapshot::new`], taking over `previous`'s runtime state for the
+    /// routes and upstreams that keep their names.
     pub fn carrying_over(config: Config, previous: Option<&Snapshot>) -> Self {
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| {
-                previous
-                    .and_then(|p| p.upstreams.iter().find(|old| old.config == *u))
-                    .cloned()
-                    .unwrap_or_else(|| UpstreamPool::new(u.clone()))
+                let old = previous.and_then(|p| p.upstreams.iter().find(|o| o.name() == u.name));
+                UpstreamPool::carrying_over(u.clone(), old)
             })
             .collect();
-        let route_metrics = config
-            .routes
-            .iter()
-            .map(|r| RouteMetrics::new(&r.name))
-            .collect();
-        // Limiters are found by name, so in-flight counts and queues carry over a reload.
-        let route_limiters = config
+        let routes = config
             .routes
             .iter()
             .map(|r| {
-                r.limits
-                    .max_inflight
-                    .map(|m| Limiter::named(&format!("route:{}", r.name), m.get() as usize))
-            })
-            .collect();
-        let upstream_limiters: Vec<Option<Arc<Limiter>>> = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                let start = u
-                    .max_inflight
-                    .map(|m| m.get())
-                    .or(u.adaptive.map(|a| a.max))?;
-                Some(Limiter::named(
-                    &format!("upstream:{}", u.name),
-                    start as usize,
-                ))
-            })
-            .collect();
-        let adaptive = config
-            .upstreams
-            .iter()
-            .zip(&upstream_limiters)
-            .map(|(u, l)| Some(Arc::new(AdaptiveLimit::new(u.adaptive?, l.clone()?))))
-            .collect();
-        let rate_limiters = config
-            .routes
-            .iter()
-            .map(|r| {
-                r.limits
-                    .rate
-                    .as_ref()
-                    .map(|rate| RateLimiter::named(&r.name, rate))
+                let old = previous.and_then(|p| p.route_state(&r.name));
+                RouteState::carrying_over(r, old)
             })
             .collect();
         Self {
             config,
             upstreams,
-            route_metrics,
-            route_limiters,
-            upstream_limiters,
-            rate_limiters,
-            adaptive,
+            routes,
+        }
+    }
+
+    /// The runtime state of the route called `name`.
+    fn route_state(&self, name: &str) -> Option<&RouteState> {
+        let i = self.config.routes.iter().position(|r| r.name == name)?;
+        self.routes.get(i)
+    }
+
+    /// The pool of route `route`'s upstream.
+    pub fn upstream_of(&self, route: usize) -> &UpstreamPool {
+        &self.upstreams[self.config.routes[route].upstream]
+    }
+
+    /// Every concurrency limiter, sorted by name.
+    pub fn limiters(&self) -> Vec<LimiterView<'_>> {
+        let routes = self
+            .config
+            .routes
+            .iter()
+            .zip(&self.routes)
+            .filter_map(|(r, st)| {
+                Some(LimiterView {
+                    name: format!("route:{}", r.name),
+                    limiter: st.limiter.as_deref()?,
+                })
+            });
+        let upstreams = self.upstreams.iter().filter_map(|p| {
+            Some(LimiterView {
+                name: format!("upstream:{}", p.name()),
+                limiter: p.limiter()?.as_ref(),
+            })
+        });
+        let mut out: Vec<_> = routes.chain(upstreams).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Drops the metric series of the routes and upstreams that `next` no
+    /// longer names (called when `next` replaces this snapshot).
+    pub fn retire(&self, next: &Snapshot) {
+        for r in &self.config.routes {
+            if next.route_state(&r.name).is_none() {
+                if let Some(st) = self.route_state(&r.name) {
+                    st.metrics.retire();
+                }
+            }
+        }
+        for u in &self.config.upstreams {
+            if !next.upstreams.iter().any(|p| p.name() == u.name) {
+                crate::metrics::retire_upstream(&u.name);
+            }
         }
     }
 }
@@ -169,8 +225,17 @@ impl Shared {
     }
 
     /// Replaces the snapshot; requests in flight keep the one they pinned.
+    /// The metric series of removed routes and upstreams go with it.
     pub fn swap(&self, next: Snapshot) {
-        self.snapshot.store(Arc::new(next));
+        let old = self.snapshot.swap(Arc::new(next));
+        old.retire(&self.snapshot.load());
+    }
+
+    /// Builds the next snapshot from `config`, carrying the running one's
+    /// state over by name, and swaps it in.
+    pub fn apply(&self, config: Config) {
+        let next = Snapshot::carrying_over(config, Some(&self.snapshot.load()));
+        self.swap(next);
     }
 
     /// The configuration file this process reads on `SIGHUP`.

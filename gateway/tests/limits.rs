@@ -396,3 +396,83 @@ routes:
     gw.wait_metrics(&[r#"gateway_concurrency_limit{limiter="upstream:app"}"#])
         .await;
 }
+
+/// The limit `/limits` reports for limiter `name`, if listed.
+async fn limiter(gw: &Gateway, name: &str) -> Option<u64> {
+    let v = gw.admin_json("/limits", "limits-token-0123456789").await;
+    v["limiters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name)
+        .and_then(|l| l["limit"].as_u64())
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_learned_adaptive_limit_and_drops_removed_routes() {
+    let origin = Origin::start("a").await;
+    let yaml = |read_timeout: &str, extra: &str| {
+        format!(
+            r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}", token: limits-token-0123456789 }}
+upstreams:
+  app: {{ servers: ["{}"], read_timeout: {read_timeout}, limits: {{ adaptive: {{ min: 2, max: 16, tolerance: 2.0 }} }} }}
+routes:
+{extra}
+  - {{ name: limited, match: {{ path_prefix: / }}, upstream: app, limits: {{ max_inflight: 100 }} }}
+"#,
+            origin.addr
+        )
+    };
+    let extra = "  - { name: extra, match: { path_prefix: /extra }, upstream: app, limits: { max_inflight: 5 } }";
+    let gw = Gateway::start(&yaml("10s", extra)).await;
+    let c = client();
+    // A fast baseline, then a slow origin: the adaptive limit falls (one
+    // request at a time, so every response closes a 100 ms window).
+    for _ in 0..60 {
+        c.get(gw.url("/slow/2")).send().await.unwrap();
+    }
+    let mut learned = 16;
+    for _ in 0..40 {
+        c.get(gw.url("/slow/150")).send().await.unwrap();
+        learned = limiter(&gw, "upstream:app").await.unwrap();
+        if learned <= 4 {
+            break;
+        }
+    }
+    assert!(learned <= 4, "the limit fell: {learned}");
+    assert_eq!(
+        c.get(gw.url("/extra/x")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(limiter(&gw, "route:extra").await, Some(5));
+    gw.wait_metrics(&[
+        r#"gateway_requests_total{cache="none",method="GET",route="extra",status="2xx"} 1"#,
+        r#"gateway_concurrency_limit{limiter="route:extra"} 5"#,
+    ])
+    .await;
+
+    // No traffic from here on, so nothing but the reload can move the limit.
+    // A changed read_timeout rebuilds the pool; the route `extra` is removed.
+    gw.write_conf(&yaml("11s", ""));
+    gw.signal("HUP");
+    let m = gw
+        .wait_metrics(&[r#"gateway_config_reloads_total{result="success"} 1"#])
+        .await;
+    assert_eq!(
+        limiter(&gw, "upstream:app").await,
+        Some(learned),
+        "the reload kept the learned limit"
+    );
+    assert_eq!(
+        limiter(&gw, "route:extra").await,
+        None,
+        "removed from /limits"
+    );
+    assert_eq!(limiter(&gw, "route:limited").await, Some(100));
+    for gone in [r#"route="extra""#, r#"limiter="route:extra""#] {
+        assert!(!m.contains(gone), "{gone} still in /metrics:\n{m}");
+    }
+    assert!(m.contains(r#"gateway_concurrency_limit{limiter="upstream:app"} "#));
+}

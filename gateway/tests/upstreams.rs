@@ -173,7 +173,7 @@ async fn upstreams_endpoint_needs_the_token() {
     assert!(json_error(r).await.0.contains("admin.token"));
 }
 
-fn breaker_config(servers: &[String]) -> String {
+fn breaker_config(servers: &[String], extra: &str) -> String {
     format!(
         r#"
 listen: "{{listen}}"
@@ -181,24 +181,60 @@ admin: {{ listen: "{{admin}}", token: {TOKEN} }}
 upstreams:
   app:
     servers: {servers:?}
-    breaker: {{ consecutive_failures: 3, open_for: 1s }}
+    breaker: {{ consecutive_failures: 3, open_for: 1s {extra} }}
 routes:
   - {{ name: default, match: {{ path_prefix: / }}, upstream: app }}
 "#
     )
 }
 
+/// The breaker state `/upstreams` reports for the first server.
+async fn breaker_state(gw: &Gateway) -> String {
+    let v = gw.admin_json("/upstreams", TOKEN).await;
+    v["upstreams"][0]["servers"][0]["breaker"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Polls `/upstreams` until the first server's breaker is in `state`.
+async fn wait_breaker(gw: &Gateway, state: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = breaker_state(gw).await;
+        if now == state {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "breaker stayed {now}, never {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn status_of(gw: &Gateway, path: &str) -> u16 {
+    client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 #[tokio::test]
-async fn the_breaker_opens_half_opens_and_closes() {
+async fn with_min_available_0_an_open_lone_server_is_spared() {
     let origin = Origin::start("a").await;
-    let gw = Gateway::start(&breaker_config(&[origin.addr.to_string()])).await;
+    let gw = Gateway::start(&breaker_config(
+        &[origin.addr.to_string()],
+        ", min_available: 0",
+    ))
+    .await;
     let flaky = "/resp/b?failable";
     origin.healthy.store(false, Ordering::SeqCst); // the origin answers 500
     for _ in 0..3 {
-        assert_eq!(
-            client().get(gw.url(flaky)).send().await.unwrap().status(),
-            500
-        );
+        assert_eq!(status_of(&gw, flaky).await, 500);
     }
     // Open: answered at once, the origin is spared.
     let r = client().get(gw.url(flaky)).send().await.unwrap();
@@ -209,44 +245,121 @@ async fn the_breaker_opens_half_opens_and_closes() {
         "upstream unavailable (circuit open), retry later"
     );
     assert_eq!(origin.hits(), 3);
-    let v = gw.admin_json("/upstreams", TOKEN).await;
-    assert_eq!(v["upstreams"][0]["servers"][0]["breaker"], "open", "{v}");
+    assert_eq!(breaker_state(&gw).await, "open");
     let v = gw.admin_json("/limits", TOKEN).await;
     assert_eq!(v["breakers"]["app"][origin.addr.to_string()], "open", "{v}");
 
-    // Half-open after open_for: one probe; it fails, so the breaker opens again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        client().get(gw.url(flaky)).send().await.unwrap().status(),
-        500
-    );
-    assert_eq!(
-        client().get(gw.url(flaky)).send().await.unwrap().status(),
-        503
-    );
+    // Half-open after the open period: one probe; it fails, so the breaker opens again.
+    wait_breaker(&gw, "half_open").await;
+    assert_eq!(status_of(&gw, flaky).await, 500);
+    assert_eq!(status_of(&gw, flaky).await, 503);
     assert_eq!(origin.hits(), 4);
 
     // The next probe succeeds: closed, traffic flows.
     origin.healthy.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    wait_breaker(&gw, "half_open").await;
     for _ in 0..3 {
-        assert_eq!(
-            client().get(gw.url(flaky)).send().await.unwrap().status(),
-            200
-        );
+        assert_eq!(status_of(&gw, flaky).await, 200);
     }
-    let v = gw.admin_json("/upstreams", TOKEN).await;
-    assert_eq!(v["upstreams"][0]["servers"][0]["breaker"], "closed");
+    assert_eq!(breaker_state(&gw).await, "closed");
+    assert_eq!(origin.hits(), 7);
+}
+
+#[tokio::test]
+async fn a_lone_server_stays_in_rotation_and_recovers_at_once() {
+    let origin = Origin::start("a").await;
+    // Defaults: min_available 1, count_overload false; open_for far away.
+    let gw = Gateway::start(&breaker_config(
+        &[origin.addr.to_string()],
+        ", open_for: 60s",
+    ))
+    .await;
+    // One path fails (503 without Retry-After: a broken dependency), another works.
+    let failing = "/resp/db?status=503";
+    for _ in 0..5 {
+        assert_eq!(status_of(&gw, failing).await, 503);
+    }
+    assert_eq!(
+        breaker_state(&gw).await,
+        "overridden",
+        "open but kept in rotation"
+    );
+    gw.wait_metrics(&[&format!(
+        r#"gateway_upstream_breaker_state{{server="{}",state="overridden",upstream="app"}} 1"#,
+        origin.addr
+    )])
+    .await;
+    assert_eq!(
+        status_of(&gw, failing).await,
+        503,
+        "still the origin's own answer"
+    );
+    assert_eq!(origin.hits(), 6, "every request reached the lone server");
+    // The other path keeps working, and its success closes the breaker.
+    assert_eq!(status_of(&gw, "/ok").await, 200);
+    assert_eq!(breaker_state(&gw).await, "closed");
+
+    // A real outage: everything fails, the breaker opens (kept in rotation).
+    origin.healthy.store(false, Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(status_of(&gw, "/resp/x?failable").await, 500);
+    }
+    assert_eq!(breaker_state(&gw).await, "overridden");
+    // The outage ends: the very next request reaches the server, long before open_for.
+    origin.healthy.store(true, Ordering::SeqCst);
+    let before = origin.hits();
+    assert_eq!(status_of(&gw, "/resp/x?failable").await, 200);
+    assert_eq!(origin.hits(), before + 1);
+    assert_eq!(breaker_state(&gw).await, "closed");
+}
+
+#[tokio::test]
+async fn overload_answers_open_the_breaker_only_with_count_overload() {
+    let shedding = "/resp/busy?status=503&h=Retry-After:1";
+    let too_many = "/resp/busy?status=429&h=Retry-After:1";
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&breaker_config(
+        &[origin.addr.to_string()],
+        ", min_available: 0",
+    ))
+    .await;
+    for path in [shedding, too_many, shedding, too_many, shedding] {
+        assert!(status_of(&gw, path).await >= 429);
+    }
+    assert_eq!(
+        breaker_state(&gw).await,
+        "closed",
+        "the server is shedding, not broken"
+    );
+    assert_eq!(origin.hits(), 5);
+
+    let origin = Origin::start("b").await;
+    let gw = Gateway::start(&breaker_config(
+        &[origin.addr.to_string()],
+        ", min_available: 0, count_overload: true",
+    ))
+    .await;
+    for path in [shedding, too_many, shedding] {
+        assert!(status_of(&gw, path).await >= 429);
+    }
+    assert_eq!(breaker_state(&gw).await, "open");
+    let r = client().get(gw.url("/ok")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        json_error(r).await.0,
+        "upstream unavailable (circuit open), retry later"
+    );
+    assert_eq!(origin.hits(), 3);
 }
 
 #[tokio::test]
 async fn an_open_server_is_skipped_while_others_serve() {
     let bad = Origin::start("bad").await;
     let good = Origin::start("good").await;
-    let gw = Gateway::start(&breaker_config(&[
-        bad.addr.to_string(),
-        good.addr.to_string(),
-    ]))
+    let gw = Gateway::start(&breaker_config(
+        &[bad.addr.to_string(), good.addr.to_string()],
+        "",
+    ))
     .await;
     bad.healthy.store(false, Ordering::SeqCst);
     let mut statuses = Vec::new();

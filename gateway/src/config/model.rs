@@ -179,6 +179,10 @@ pub struct Breaker {
     pub window: Duration,
     /// Requests needed in the window before the ratio counts.
     pub min_requests: u32,
+    /// Servers the balancer never takes out of rotation.
+    pub min_available: u32,
+    /// Whether a 503 or 429 with `Retry-After` counts as a failure.
+    pub count_overload: bool,
 }
 
 /// `upstreams.<name>.limits.adaptive:`
@@ -651,6 +655,8 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
         }),
         window: c.positive(&format!("{key}.breaker.window"), b.window),
         min_requests: b.min_requests.max(1),
+        min_available: b.min_available,
+        count_overload: b.count_overload,
     });
     let adaptive = ru.limits.adaptive.as_ref().map(|a| {
         if a.min == 0 || a.min > a.max {

@@ -277,6 +277,11 @@ pub struct RawBreaker {
     pub window: Duration,
     /// Requests needed in the window before `error_ratio` counts.
     pub min_requests: u32,
+    /// Servers never taken out of rotation: when more would be open, the open
+    /// ones that failed longest ago keep getting traffic (0: none).
+    pub min_available: u32,
+    /// Count a 503 or 429 with `Retry-After` (the upstream shedding load) as a failure.
+    pub count_overload: bool,
 }
 
 impl Default for RawBreaker {
@@ -287,6 +292,8 @@ impl Default for RawBreaker {
             error_ratio: None,
             window: Duration::from_secs(10),
             min_requests: 20,
+            min_available: 1,
+            count_overload: false,
         }
     }
 }

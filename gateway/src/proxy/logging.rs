@@ -11,7 +11,7 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let elapsed = ctx.started.elapsed();
     let metrics = match ctx.routed() {
-        Some((snap, route)) => &snap.route_metrics[route],
+        Some((snap, route)) => &*snap.routes[route].metrics,
         None => &*UNROUTED,
     };
     if status > 0 {

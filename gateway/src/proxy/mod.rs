@@ -67,6 +67,8 @@ pub struct Ctx {
     started: std::time::Instant,
     /// Servers a connect failed on, in order (empty unless something failed).
     failed_servers: Vec<pingora::protocols::l4::socket::SocketAddr>,
+    /// When an open breaker refused the request: until the first half-opens.
+    retry_after: Option<std::time::Duration>,
     /// Set when the gateway answered with its own error.
     error: Option<GatewayError>,
     /// What the cache did.
@@ -125,6 +127,7 @@ impl ProxyHttp for Gateway {
             queue_wait: None,
             started: std::time::Instant::now(),
             failed_servers: Vec::new(),
+            retry_after: None,
             error: None,
             cache: CacheCtx::default(),
         }
@@ -230,19 +233,19 @@ impl ProxyHttp for Gateway {
         upstream::prepare_request(session, upstream_request, ctx)
     }
 
-    /// The upstream answered: a 5xx counts as a failure for its breaker.
+    /// The upstream answered: a 5xx counts as a failure for its breaker
+    /// (see [`upstream::classify`] for overload answers).
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let ok = upstream_response.status.as_u16() < 500;
-        upstream::record_outcome(ctx, ok);
-        if !ok {
+        let outcome = upstream::classify(upstream_response);
+        upstream::record_outcome(ctx, outcome);
+        if upstream_response.status.as_u16() >= 500 {
             if let Some((snap, route)) = ctx.routed() {
-                let pool = &snap.upstreams[snap.config.routes[route].upstream];
-                crate::metrics::upstream_error(pool.name(), "5xx");
+                crate::metrics::upstream_error(snap.upstream_of(route).name(), "5xx");
             }
         }
         upstream::observe_latency(ctx);
@@ -262,7 +265,7 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if e.esource() == &pingora::ErrorSource::Upstream && ctx.peer.is_some() {
-            upstream::record_outcome(ctx, false);
+            upstream::record_outcome(ctx, crate::upstream::Outcome::Failed);
             upstream::count_error(ctx, e);
         }
         response::fail_to_proxy(session, e, ctx).await

@@ -91,8 +91,7 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
             return Ok(true);
         }
     }
-    if let (Some(limiter), Some(rate)) =
-        (&snap.rate_limiters[i], &snap.config.routes[i].limits.rate)
+    if let (Some(limiter), Some(rate)) = (&snap.routes[i].rate, &snap.config.routes[i].limits.rate)
     {
         let req = session.req_header();
         let keyed = rate
@@ -104,8 +103,8 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
             std::net::IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
             std::net::IpAddr::V6(v) => v.octets(),
         };
-        if let Err(limited) = limiter.check(keyed.unwrap_or(&ip)) {
-            snap.route_metrics[i].rate_limited();
+        if let Err(limited) = limiter.check(keyed.unwrap_or(&ip), std::time::Instant::now()) {
+            snap.routes[i].metrics.rate_limited();
             response::respond_rate_limited(session, ctx, &limiter.policy, limited.retry_after)
                 .await?;
             return Ok(true);

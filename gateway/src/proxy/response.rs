@@ -36,7 +36,7 @@ pub(super) async fn respond_rate_limited(
     policy: &str,
     retry_after: std::time::Duration,
 ) -> Result<()> {
-    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let secs = retry_secs(retry_after);
     let name = policy.split(';').next().unwrap_or("\"default\"");
     respond_error_with(session, ctx, GatewayError::RateLimited, |h| {
         h.insert_header(http::header::RETRY_AFTER, secs)?;
@@ -44,6 +44,11 @@ pub(super) async fn respond_rate_limited(
         h.insert_header("ratelimit", format!("{name};r=0;t={secs}"))
     })
     .await
+}
+
+/// A `Retry-After` value: whole seconds, rounded up, at least 1.
+fn retry_secs(d: std::time::Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// The JSON error answer with extra headers; no body for HEAD.
@@ -81,7 +86,13 @@ pub(super) async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ct
                 // The connection closes after this answer: say so, so that no
                 // client sends its next request into a closing socket.
                 session.set_keepalive(None);
-                match respond_error(session, ctx, err).await {
+                // An open breaker says when it half-opens.
+                let retry_after = ctx.retry_after.filter(|_| err == GatewayError::CircuitOpen);
+                let written = respond_error_with(session, ctx, err, |h| match retry_after {
+                    Some(d) => h.insert_header(http::header::RETRY_AFTER, retry_secs(d)),
+                    None => Ok(()),
+                });
+                match written.await {
                     Ok(()) => err.status(),
                     Err(write_err) => {
                         tracing::debug!(error = %write_err, "could not write the error response");

@@ -1,31 +1,43 @@
 //! Upstream phase: which server gets the request, and what it is sent.
 
-use pingora::http::RequestHeader;
+use std::time::Instant;
+
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::Ctx;
+use crate::error::{BREAKER_OPEN, NO_SERVER};
 use crate::hop_by_hop;
 use crate::limits::Shed;
 use crate::request_id;
+use crate::upstream::{NoPeer, Outcome};
 
 /// The next server of the route's upstream, never one this request already failed on.
 pub(super) fn select_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-    let (snap, route) = ctx
-        .routed()
-        .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream_peer before routing"))?;
-    let peer = snap.upstreams[snap.config.routes[route].upstream].select(&ctx.failed_servers);
-    let peer = match peer {
+    let (snap, route) = match (&ctx.snapshot, ctx.route) {
+        (Some(snap), Some(route)) => (snap.clone(), route),
+        _ => return Error::e_explain(ErrorType::InternalError, "upstream_peer before routing"),
+    };
+    let peer = match snap
+        .upstream_of(route)
+        .select(&ctx.failed_servers, Instant::now())
+    {
         Ok(p) => p,
         // Upstream-sourced, so a stale copy may answer (stale-if-error).
-        Err(mut e) => {
-            e.as_up();
-            return Err(e);
+        Err(NoPeer::NoServer) => {
+            let name = snap.upstream_of(route).name().to_owned();
+            return Err(Error::explain(ErrorType::Custom(NO_SERVER), name).into_up());
+        }
+        Err(NoPeer::BreakerOpen { retry_in }) => {
+            ctx.retry_after = Some(retry_in);
+            let name = snap.upstream_of(route).name().to_owned();
+            return Err(Error::explain(ErrorType::Custom(BREAKER_OPEN), name).into_up());
         }
     };
     ctx.peer = Some(peer._address.clone());
     ctx.outcome_recorded = false;
-    ctx.upstream_started = Some(std::time::Instant::now());
+    ctx.upstream_started = Some(Instant::now());
     Ok(peer)
 }
 
@@ -34,14 +46,9 @@ pub(super) fn observe_latency(ctx: &mut Ctx) {
     let (Some((snap, route)), Some(started)) = (ctx.routed(), ctx.upstream_started) else {
         return;
     };
-    let elapsed = started.elapsed();
-    let upstream = snap.config.routes[route].upstream;
-    snap.upstreams[upstream]
-        .duration
-        .observe(elapsed.as_secs_f64());
-    if let Some(adaptive) = &snap.adaptive[upstream] {
-        adaptive.observe(elapsed);
-    }
+    let now = Instant::now();
+    let elapsed = now.saturating_duration_since(started);
+    snap.upstream_of(route).observe_latency(elapsed, now);
     ctx.upstream_elapsed = Some(elapsed);
 }
 
@@ -58,31 +65,41 @@ pub(super) fn count_error(ctx: &Ctx, e: &Error) {
         _ => "other",
     };
     if let Some((snap, route)) = ctx.routed() {
-        crate::metrics::upstream_error(
-            snap.upstreams[snap.config.routes[route].upstream].name(),
-            kind,
-        );
+        crate::metrics::upstream_error(snap.upstream_of(route).name(), kind);
     }
 }
 
 /// Reports how the request went to the server's circuit breaker, once.
-pub(super) fn record_outcome(ctx: &mut Ctx, ok: bool) {
+pub(super) fn record_outcome(ctx: &mut Ctx, outcome: Outcome) {
     if ctx.outcome_recorded {
         return;
     }
     ctx.outcome_recorded = true;
     if let (Some((snap, route)), Some(peer)) = (ctx.routed(), ctx.peer.as_ref()) {
-        snap.upstreams[snap.config.routes[route].upstream].record(peer, ok);
+        snap.upstream_of(route)
+            .record(peer, outcome, Instant::now());
+    }
+}
+
+/// What an upstream response says about its server: a 5xx is a failure,
+/// except a 503 with `Retry-After` (like a 429 with it): the server shedding load.
+pub(super) fn classify(resp: &ResponseHeader) -> Outcome {
+    let status = resp.status.as_u16();
+    let retry_after = resp.headers.contains_key(http::header::RETRY_AFTER);
+    match status {
+        503 | 429 if retry_after => Outcome::Overloaded,
+        500.. => Outcome::Failed,
+        _ => Outcome::Ok,
     }
 }
 
 /// A failed connect sent nothing, so any method may try another server, up to
 /// the upstream's `retries`.
 pub(super) fn on_connect_failure(ctx: &mut Ctx, peer: &HttpPeer, mut e: Box<Error>) -> Box<Error> {
-    record_outcome(ctx, false);
+    record_outcome(ctx, Outcome::Failed);
     ctx.failed_servers.push(peer._address.clone());
     if let Some((snap, route)) = ctx.routed() {
-        let pool = &snap.upstreams[snap.config.routes[route].upstream];
+        let pool = snap.upstream_of(route);
         crate::metrics::upstream_error(pool.name(), "connect");
         if ctx.failed_servers.len() <= pool.max_connect_retries() {
             e.set_retry(true);
@@ -138,8 +155,8 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         return Ok(());
     };
     let r = &snap.config.routes[route];
-    let route_limiter = snap.route_limiters[route].clone();
-    let upstream_limiter = snap.upstream_limiters[r.upstream].clone();
+    let route_limiter = snap.routes[route].limiter.clone();
+    let upstream_limiter = snap.upstream_of(route).limiter().cloned();
     if route_limiter.is_none() && upstream_limiter.is_none() {
         ctx.slots = Some(Slots::default());
         return Ok(());
@@ -175,7 +192,7 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     let waited = queued_at.elapsed();
     ctx.queue_wait = Some(waited);
     if let Some((snap, route)) = ctx.routed() {
-        snap.route_metrics[route].queue_wait(waited.as_secs_f64());
+        snap.routes[route].metrics.queue_wait(waited.as_secs_f64());
     }
     match outcome {
         Some(Ok(slots)) => {
@@ -184,7 +201,7 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         }
         Some(Err(shed)) => {
             if let Some((snap, route)) = ctx.routed() {
-                snap.route_metrics[route].shed(shed.reason());
+                snap.routes[route].metrics.shed(shed.reason());
             }
             let kind = match shed {
                 Shed::QueueFull => crate::error::SHED_QUEUE_FULL,
