@@ -77,8 +77,8 @@ pub fn now_rfc3339() -> String {
 
 /// Starts the writer for `target` (once; later calls are ignored).
 pub fn start(target: &LogTarget) {
-    let target = target.clone();
     SENDER.get_or_init(|| {
+        let target = target.clone();
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("access-log".into())

@@ -111,29 +111,34 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Keys read at start only.
-fn restart_only(old: &Config, new: &Config) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut diff = |key: &str, changed: bool| {
+/// Keeps the running value of every key that only a restart (or binary
+/// upgrade) can change, and names those whose value `next` changes. The one
+/// list of such keys, used both to report and to carry over.
+fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<String> {
+    let mut pending = Vec::new();
+    let mut keep = |key: &str, changed: bool| {
         if changed {
-            keys.push(key.to_owned());
+            pending.push(key.to_owned());
         }
     };
-    diff("listen", old.listen != new.listen);
-    diff("threads", old.threads != new.threads);
-    diff("admin.listen", old.admin.listen != new.admin.listen);
-    diff("pid_file", old.pid_file != new.pid_file);
-    diff("upgrade_sock", old.upgrade_sock != new.upgrade_sock);
-    diff(
-        "upstream_keepalive_pool_size",
-        old.upstream_keepalive_pool_size != new.upstream_keepalive_pool_size,
-    );
-    diff("cache.max_size", old.cache.max_size != new.cache.max_size);
-    diff(
-        "cache.max_object_size",
-        old.cache.max_object_size != new.cache.max_object_size,
-    );
-    keys
+    macro_rules! restart_only {
+        ($($key:literal => $($field:ident).+;)*) => {$(
+            keep($key, running.$($field).+ != next.$($field).+);
+            next.$($field).+ = running.$($field).+.clone();
+        )*};
+    }
+    restart_only! {
+        "listen" => listen;
+        "threads" => threads;
+        "admin.listen" => admin.listen;
+        "pid_file" => pid_file;
+        "upgrade_sock" => upgrade_sock;
+        "upstream_keepalive_pool_size" => upstream_keepalive_pool_size;
+        "cache.max_size" => cache.max_size;
+        "cache.max_object_size" => cache.max_object_size;
+        "access_log.path" => access_log.target;
+    }
+    pending
 }
 
 /// Re-reads the configuration file and swaps it in, or keeps the old one.
@@ -155,22 +160,10 @@ pub async fn reload(shared: &Shared) {
             return;
         }
     };
-    let current = shared.snapshot();
-    let pending = restart_only(&current.config, &next);
+    let pending = keep_restart_only(&shared.snapshot().config, &mut next);
     if !pending.is_empty() {
         tracing::warn!(keys = ?pending, "reload: these keys need a restart or binary upgrade; running values kept");
     }
-    // Keep what only a restart can change.
-    let old = &current.config;
-    next.listen = old.listen;
-    next.threads = old.threads;
-    next.admin.listen = old.admin.listen;
-    next.pid_file = old.pid_file.clone();
-    next.upgrade_sock = old.upgrade_sock.clone();
-    next.upstream_keepalive_pool_size = old.upstream_keepalive_pool_size;
-    next.cache.max_size = old.cache.max_size;
-    next.cache.max_object_size = old.cache.max_object_size;
-    drop(current);
     shared.apply(next);
     metrics::reload(true);
     shared.set_reload_status(ReloadStatus::record(true, None, pending));
@@ -212,5 +205,31 @@ impl PidFile {
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_keys_are_reported_and_kept() {
+        let base = r#"
+upstreams:
+  app: { servers: ["127.0.0.1:5000"] }
+routes:
+  - { name: a, match: { path_prefix: / }, upstream: app }
+"#;
+        let running = config::from_yaml_str(base).unwrap();
+        let changed = format!(
+            "{base}\nthreads: 7\naccess_log: {{ path: /tmp/x.log }}\ncache: {{ max_size: 100MiB }}\nclient: {{ max_headers: 7 }}"
+        );
+        let mut next = config::from_yaml_str(&changed).unwrap();
+        let pending = keep_restart_only(&running, &mut next);
+        assert_eq!(pending, ["threads", "cache.max_size", "access_log.path"]);
+        assert_eq!(next.threads, running.threads);
+        assert_eq!(next.access_log.target, running.access_log.target);
+        assert_eq!(next.cache.max_size, running.cache.max_size);
+        assert_eq!(next.client.max_headers, 7, "a reloadable key applies");
     }
 }
