@@ -13,6 +13,7 @@
 //! - [`access_log`]: JSON lines from a background writer.
 //! - [`adaptive`]: latency-driven concurrency limit per upstream.
 //! - [`admin`]: the admin listener (`/health`, `/ready`, `/metrics`).
+//! - [`init`]: `gateway init`, a configuration for any app.
 //! - [`hop_by_hop`]: connection-only header fields, stripped both ways.
 //! - [`forwarded`]: client address and forwarding headers (trusted proxies).
 //! - [`error`]: the gateway's own error answers (JSON with a request id).
@@ -34,6 +35,7 @@ pub mod config;
 pub mod error;
 pub mod forwarded;
 pub mod hop_by_hop;
+pub mod init;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;

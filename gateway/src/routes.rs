@@ -1,7 +1,7 @@
 //! The route table: which configured route takes a request.
 //!
 //! First match wins, in file order. A route matches when its whole-segment
-//! `path_prefix`, its optional `methods` and its optional `host` all match.
+//! `path_prefix`, its optional `methods`, `host` and `extensions` all match.
 //! Matching allocates nothing: hosts compare case-insensitively in place.
 
 use http::Method;
@@ -12,6 +12,10 @@ impl RouteMatch {
     /// Whether a request with this method, host (as sent, port allowed) and path matches.
     pub fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
         path_matches(&self.path_prefix, path)
+            && self
+                .extensions
+                .as_ref()
+                .is_none_or(|exts| extension_matches(exts, path))
             && self.methods.as_ref().is_none_or(|ms| ms.contains(method))
             && self.host.as_ref().is_none_or(|h| {
                 host.map(strip_port)
@@ -36,6 +40,16 @@ fn path_matches(prefix: &str, path: &str) -> bool {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,
     }
+}
+
+/// Whether the last path segment ends in `.<ext>` for one of `exts` (lowercase),
+/// case-insensitively: `/a/site.CSS` matches `css`, `/css` and `/a.css/` do not.
+fn extension_matches(exts: &[String], path: &str) -> bool {
+    let last = path.rsplit('/').next().unwrap_or("");
+    let Some((stem, ext)) = last.rsplit_once('.') else {
+        return false;
+    };
+    !stem.is_empty() && exts.iter().any(|e| e.eq_ignore_ascii_case(ext))
 }
 
 /// `example.com:8080` → `example.com`, `[::1]:80` → `[::1]`; a trailing root dot goes too.
@@ -154,6 +168,23 @@ routes:
         assert_eq!(n(Method::GET, None, "/items/").as_deref(), Some("items"));
         assert_eq!(n(Method::GET, None, "/itemsX").as_deref(), Some("default"));
         assert_eq!(n(Method::GET, None, "/").as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn extensions_match_the_last_segment() {
+        let exts = vec!["css".to_owned(), "js".to_owned()];
+        for (path, want) in [
+            ("/a/site.css", true),
+            ("/site.CSS", true),
+            ("/a/b.min.js", true),
+            ("/css", false),
+            ("/a.css/", false),
+            ("/a.css/x", false),
+            ("/.css", false),
+            ("/a.png", false),
+        ] {
+            assert_eq!(extension_matches(&exts, path), want, "{path}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
 use crate::client::GuardedApp;
 use crate::config::{self, Config};
 use crate::lifecycle::{PidFile, Signals};
@@ -24,6 +24,30 @@ pub const EXIT_CONFIG: u8 = 2;
 
 /// Entry point of the binary: check, then serve until a stop signal.
 pub fn main(cli: Cli) -> ExitCode {
+    if let Some(Command::Init {
+        upstream,
+        listen,
+        admin,
+        health_path,
+    }) = &cli.command
+    {
+        let options = crate::init::InitOptions {
+            upstream: upstream.clone(),
+            listen: listen.clone(),
+            admin: admin.clone(),
+            health_path: health_path.clone(),
+        };
+        return match crate::init::render(&options) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway init: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     init_tracing();
     let config = match config::load(&cli.conf) {
         Ok(c) => c,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
-use pingora::lb::health_check::{HealthObserve, HttpHealthCheck};
+use pingora::lb::health_check::{HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::{selection::RoundRobin, Backend, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::server::ShutdownWatch;
@@ -299,7 +299,7 @@ impl UpstreamPool {
                 .health_check
                 .as_ref()
                 .map(|h| HealthCheckStatus {
-                    path: &h.path,
+                    path: h.path.as_deref(),
                     interval: humantime::format_duration(h.interval).to_string(),
                 }),
             servers,
@@ -333,12 +333,26 @@ pub enum NoPeer {
     },
 }
 
-fn health_check(up: &Upstream, hc: &HealthCheck) -> Box<HttpHealthCheck> {
+/// The active check of `up`: `GET path` expecting a 2xx, or without a path a
+/// TCP connect.
+fn health_check(up: &Upstream, hc: &HealthCheck) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
+    let observer = Box::new(HealthLog {
+        upstream: up.name.clone(),
+    });
+    let Some(path) = &hc.path else {
+        let mut check = TcpHealthCheck::new();
+        check.consecutive_success = hc.healthy_threshold.get() as usize;
+        check.consecutive_failure = hc.unhealthy_threshold.get() as usize;
+        check.peer_template.options.connection_timeout = Some(hc.timeout);
+        check.peer_template.options.total_connection_timeout = Some(hc.timeout);
+        check.health_changed_callback = Some(observer);
+        return check;
+    };
     let host = up.servers.first().map_or("localhost", |s| {
         s.spec.rsplit_once(':').map_or(s.spec.as_str(), |(h, _)| h)
     });
     let mut check = HttpHealthCheck::new(host, false);
-    let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None)
         .expect("validated path is a valid request target");
     let _ = req.append_header("Host", host);
     let _ = req.append_header("User-Agent", "gateway-health-check");
@@ -359,9 +373,7 @@ fn health_check(up: &Upstream, hc: &HealthCheck) -> Box<HttpHealthCheck> {
             )
         }
     }));
-    check.health_changed_callback = Some(Box::new(HealthLog {
-        upstream: up.name.clone(),
-    }));
+    check.health_changed_callback = Some(observer);
     Box::new(check)
 }
 
@@ -390,7 +402,8 @@ pub struct UpstreamStatus<'a> {
 
 #[derive(Serialize)]
 struct HealthCheckStatus<'a> {
-    path: &'a str,
+    /// `None` for a TCP connect check.
+    path: Option<&'a str>,
     interval: String,
 }
 

@@ -13,7 +13,7 @@ use pingora::cache::{
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::{QueryKey, RouteCache};
+use crate::config::{CookieRequests, QueryKey, RouteCache};
 
 /// Statuses that are cacheable by default (RFC 9110 §15.1), where a heuristic
 /// freshness lifetime may apply. 206 is left out: partial content is not stored.
@@ -149,6 +149,9 @@ pub const VARY_STAR: &str = "vary-star";
 pub const SET_COOKIE: &str = "set-cookie";
 /// A request with `Authorization` and no `public`, `s-maxage` or `must-revalidate`.
 pub const AUTHORIZATION: &str = "authorization";
+/// A request with a `Cookie` under `cookie_requests: private`, and no `public`,
+/// `s-maxage` or `must-revalidate`.
+pub const COOKIE: &str = "cookie";
 /// `no-store` or `private`.
 pub const NO_STORE: &str = "no-store";
 /// No explicit freshness and no heuristic allowed.
@@ -172,12 +175,13 @@ pub fn decide(req: &RequestHeader, resp: &ResponseHeader, rule: &RouteCache) -> 
         return uncacheable(SET_COOKIE);
     }
     let cc = CacheControl::from_resp_headers(resp);
-    if req.headers.contains_key(header::AUTHORIZATION)
-        && !cc
+    if let Some(why) = credentials(req, rule) {
+        if !cc
             .as_ref()
             .is_some_and(|cc| cc.allow_caching_authorized_req())
-    {
-        return uncacheable(AUTHORIZATION);
+        {
+            return uncacheable(why);
+        }
     }
     if cc
         .as_ref()
@@ -250,8 +254,23 @@ pub fn decide(req: &RequestHeader, resp: &ResponseHeader, rule: &RouteCache) -> 
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
 }
 
-/// Whether a stored response may answer a request that carries `Authorization`
-/// (RFC 9111 §3.5): only with `public`, `s-maxage` or `must-revalidate`.
+/// What makes `req` a request for someone in particular: `Authorization`
+/// (RFC 9111 §3.5), or under `cookie_requests: private` a `Cookie`. Its
+/// response is shared only where the response says it may be.
+pub fn credentials(req: &RequestHeader, rule: &RouteCache) -> Option<&'static str> {
+    if req.headers.contains_key(header::AUTHORIZATION) {
+        Some(AUTHORIZATION)
+    } else if rule.cookie_requests == CookieRequests::Private
+        && req.headers.contains_key(header::COOKIE)
+    {
+        Some(COOKIE)
+    } else {
+        None
+    }
+}
+
+/// Whether a stored response may answer a request with credentials (see
+/// [`credentials`]): only with `public`, `s-maxage` or `must-revalidate`.
 pub fn may_serve_authorized(meta: &CacheMeta) -> bool {
     CacheControl::from_resp_headers(meta.response_header())
         .is_some_and(|cc| cc.allow_caching_authorized_req())

@@ -12,7 +12,8 @@ use std::time::Duration;
 use http::Method;
 use ipnet::IpNet;
 
-use super::raw::{self, RateSpec, RawConfig};
+pub use super::raw::CookieRequests;
+use super::raw::{self, CacheSize, RateSpec, RawConfig};
 use super::Invalid;
 
 /// Pingora's own hard cap on request header bytes (`MAX_HEADER_SIZE`).
@@ -37,6 +38,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Path the main listener answers with readiness (200 serving, 503 draining).
+    pub ready_path: Option<String>,
     /// Client-side limits.
     pub client: ClientLimits,
     /// Admin listener.
@@ -154,8 +157,8 @@ pub struct Upstream {
 /// `health_check:`
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
-    /// Path requested.
-    pub path: String,
+    /// Path requested; `None`: a TCP connect is the check.
+    pub path: Option<String>,
     /// Time between checks.
     pub interval: Duration,
     /// Deadline of one check.
@@ -229,6 +232,8 @@ pub struct RouteMatch {
     pub methods: Option<Vec<Method>>,
     /// Host pattern; `None` = any host.
     pub host: Option<HostMatch>,
+    /// Extensions (lowercase, no dot) the last path segment must end in; `None` = any.
+    pub extensions: Option<Vec<String>>,
 }
 
 /// `routes[i].cache:`
@@ -260,6 +265,8 @@ pub struct RouteCache {
     pub bypass_headers: Vec<http::HeaderName>,
     /// On a miss, forward a client's `Range` upstream instead of filling.
     pub forward_range_misses: bool,
+    /// How requests with a `Cookie` are treated.
+    pub cookie_requests: CookieRequests,
 }
 
 /// How the query string counts in the cache key (always sorted by name).
@@ -425,6 +432,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
     }
 
     let trusted_proxies = c.nets("trusted_proxies", &raw.trusted_proxies);
+    if let Some(p) = &raw.ready_path {
+        if !p.starts_with('/') || p.contains(['?', '#']) {
+            c.fail("ready_path", "must be a plain path starting with '/'");
+        }
+    }
 
     let rc = &raw.client;
     if rc.max_connections == 0 {
@@ -487,17 +499,21 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
     }
 
     let rcache = &raw.cache;
-    if rcache.max_size.as_u64() == 0 {
+    let max_size = match rcache.max_size {
+        CacheSize::Bytes(b) => b.as_u64(),
+        CacheSize::Auto => auto_cache_size(),
+    };
+    if max_size == 0 {
         c.fail("cache.max_size", "must be > 0");
     }
-    if rcache.max_object_size.as_u64() == 0 || rcache.max_object_size.0 > rcache.max_size.0 {
+    if rcache.max_object_size.as_u64() == 0 || rcache.max_object_size.as_u64() > max_size {
         c.fail(
             "cache.max_object_size",
             "must be > 0 and at most cache.max_size",
         );
     }
     let cache = Cache {
-        max_size: rcache.max_size.as_u64(),
+        max_size,
         max_object_size: rcache.max_object_size.as_u64(),
         purge_allow: c.nets("cache.purge_allow", &rcache.purge_allow),
         status_key: rcache.status_key,
@@ -518,6 +534,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
     for (i, rr) in raw.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
         if let Some(r) = route(&mut c, &key, rr, &index, &mut names) {
+            let up = &upstreams[r.upstream];
+            let upstream_limited = up.max_inflight.is_some() || up.adaptive.is_some();
+            if r.limits.queue.is_some() && r.limits.max_inflight.is_none() && !upstream_limited {
+                c.fail(
+                    format!("{key}.limits.queue"),
+                    "a queue needs limits.max_inflight on the route or on its upstream",
+                );
+            }
             routes.push(r);
         }
     }
@@ -533,6 +557,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
         upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size,
         shutdown,
         trusted_proxies,
+        ready_path: raw.ready_path.clone(),
         client,
         admin: Admin {
             listen: admin_listen.expect("checked above"),
@@ -615,7 +640,7 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
         }
     }
     let health_check = ru.health_check.as_ref().map(|h| {
-        if !h.path.starts_with('/') {
+        if h.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
             c.fail(format!("{key}.health_check.path"), "must start with '/'");
         }
         let k = format!("{key}.health_check");
@@ -756,6 +781,7 @@ fn route_cache(c: &mut Checker, key: &str, rc: &raw::RawRouteCache) -> RouteCach
         key_cookies: k.cookies.clone(),
         bypass_cookies: rc.bypass.cookies.clone(),
         bypass_headers: header_names(c, &format!("{key}.bypass.headers"), &rc.bypass.headers),
+        cookie_requests: rc.cookie_requests,
         forward_range_misses: match rc.range_miss.as_str() {
             "fill" => false,
             "forward" => true,
@@ -767,6 +793,31 @@ fn route_cache(c: &mut Checker, key: &str, rc: &raw::RawRouteCache) -> RouteCach
                 false
             }
         },
+    }
+}
+
+/// `cache.max_size: auto`: a quarter of the memory this process may use: its
+/// cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) when there is
+/// one, else the machine's memory (`MemTotal`); 64 MiB when neither is known.
+pub fn auto_cache_size() -> u64 {
+    memory_limit().map_or(64 << 20, |m| m / 4)
+}
+
+/// The memory this process may use, in bytes.
+pub fn memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let total = read("/proc/meminfo").and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    // An unlimited cgroup reads "max" (v2) or a huge number (v1).
+    match (cgroup, total) {
+        (Some(c), Some(t)) => Some(c.min(t)),
+        (c, t) => c.or(t),
     }
 }
 
@@ -904,6 +955,28 @@ fn route(
         })
     });
 
+    let extensions = m.extensions.as_ref().map(|exts| {
+        if exts.is_empty() {
+            c.fail(
+                format!("{key}.match.extensions"),
+                "must list at least one extension, or be left out",
+            );
+        }
+        exts.iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let e = e.trim().trim_start_matches('.').to_ascii_lowercase();
+                if e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    c.fail(
+                        format!("{key}.match.extensions[{i}]"),
+                        format!("{e:?} is not a file extension (letters and digits, e.g. css)"),
+                    );
+                }
+                e
+            })
+            .collect()
+    });
+
     let allow_from = rr
         .allow_from
         .as_ref()
@@ -945,12 +1018,6 @@ fn route(
             }
         }),
     };
-    if limits.queue.is_some() && limits.max_inflight.is_none() {
-        c.fail(
-            format!("{key}.limits.queue"),
-            "a queue needs limits.max_inflight on the same route",
-        );
-    }
 
     Some(Route {
         name: rr.name.clone(),
@@ -958,6 +1025,7 @@ fn route(
             path_prefix,
             methods,
             host,
+            extensions,
         },
         upstream: upstream?,
         allow_from,

@@ -30,6 +30,9 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed (CIDRs or addresses).
     pub trusted_proxies: Vec<String>,
+    /// Path the main listener answers like the admin `/ready` (for a load
+    /// balancer's health check); absent = none.
+    pub ready_path: Option<String>,
     /// What the gateway accepts from clients.
     pub client: RawClient,
     /// The admin listener.
@@ -54,6 +57,7 @@ impl Default for RawConfig {
             upstream_keepalive_pool_size: 128,
             shutdown: RawShutdown::default(),
             trusted_proxies: Vec::new(),
+            ready_path: None,
             client: RawClient::default(),
             admin: RawAdmin::default(),
             access_log: RawAccessLog::default(),
@@ -203,8 +207,9 @@ impl Default for RawUpstream {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawHealthCheck {
-    /// Path requested with `GET`; a 2xx answer means healthy.
-    pub path: String,
+    /// Path requested with `GET`; a 2xx answer means healthy. Absent: a TCP
+    /// connect is the check.
+    pub path: Option<String>,
     /// Time between two checks of one server.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -220,7 +225,7 @@ pub struct RawHealthCheck {
 impl Default for RawHealthCheck {
     fn default() -> Self {
         Self {
-            path: "/".into(),
+            path: None,
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
             healthy_threshold: 2,
@@ -302,8 +307,9 @@ impl Default for RawBreaker {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawCache {
-    /// Memory bound of the whole cache (headers + bodies + overhead).
-    pub max_size: Size,
+    /// Memory bound of the whole cache (headers + bodies + overhead), or
+    /// `auto`: a quarter of the memory the process may use.
+    pub max_size: CacheSize,
     /// Responses bigger than this stream through uncached.
     pub max_object_size: Size,
     /// Peers allowed to send `PURGE` on the main listener (CIDRs or addresses).
@@ -319,7 +325,7 @@ pub struct RawCache {
 impl Default for RawCache {
     fn default() -> Self {
         Self {
-            max_size: Size(256 << 20),
+            max_size: CacheSize::Bytes(Size(256 << 20)),
             max_object_size: Size(8 << 20),
             purge_allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
             status_key: false,
@@ -357,6 +363,8 @@ pub struct RawMatch {
     pub methods: Option<Vec<String>>,
     /// Request host without port: `api.example.com` or `*.example.com`.
     pub host: Option<String>,
+    /// File extensions (`css`, `js`) the path's last segment must end in; absent = any.
+    pub extensions: Option<Vec<String>>,
 }
 
 impl Default for RawMatch {
@@ -365,6 +373,7 @@ impl Default for RawMatch {
             path_prefix: "/".into(),
             methods: None,
             host: None,
+            extensions: None,
         }
     }
 }
@@ -400,6 +409,9 @@ pub struct RawRouteCache {
     pub key: RawCacheKey,
     /// Requests that skip the cache (no lookup, no store).
     pub bypass: RawBypass,
+    /// Requests with a `Cookie`: `shared` (default) cache like any other;
+    /// `private` treats them like `Authorization` (RFC 9111 §3.5).
+    pub cookie_requests: CookieRequests,
     /// A `Range` request on a miss: `fill` fetches and stores the whole object;
     /// `forward` passes the range upstream and stores nothing (large objects).
     pub range_miss: String,
@@ -457,6 +469,7 @@ impl Default for RawRouteCache {
             heuristic: true,
             key: RawCacheKey::default(),
             bypass: RawBypass::default(),
+            cookie_requests: CookieRequests::Shared,
             range_miss: "fill".into(),
         }
     }
@@ -559,6 +572,49 @@ impl Size {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+}
+
+/// `cache.max_size`: a size, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "SizeRepr", into = "String")]
+pub enum CacheSize {
+    /// A quarter of the memory the process may use (its cgroup's limit, else
+    /// the machine's memory), resolved at load.
+    Auto,
+    /// This many bytes.
+    Bytes(Size),
+}
+
+impl TryFrom<SizeRepr> for CacheSize {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Self, Self::Error> {
+        match r {
+            SizeRepr::Text(s) if s.trim() == "auto" => Ok(CacheSize::Auto),
+            r => Size::try_from(r).map(CacheSize::Bytes).map_err(|e| format!("{e}, or auto")),
+        }
+    }
+}
+
+impl From<CacheSize> for String {
+    fn from(s: CacheSize) -> String {
+        match s {
+            CacheSize::Auto => "auto".into(),
+            CacheSize::Bytes(b) => b.into(),
+        }
+    }
+}
+
+/// How a cache rule treats requests that carry a `Cookie`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieRequests {
+    /// Like any request (cookies matter only through `key.cookies` and `bypass.cookies`).
+    #[default]
+    Shared,
+    /// Like a request with `Authorization`: its response is stored, and a
+    /// stored response is served to it, only where `public`, `s-maxage` or
+    /// `must-revalidate` says the response may be shared.
+    Private,
 }
 
 /// A rate written `100/s`, `6000/m` or `10/h`.

@@ -84,19 +84,17 @@ pub(super) fn storable(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) 
     decision
 }
 
-/// A stored response may answer a request with `Authorization` only if it says
-/// so; the request's own directives may demand validation or accept staleness.
+/// A stored response may answer a request with credentials (`Authorization`,
+/// or a `Cookie` under `cookie_requests: private`) only if it says so; the
+/// request's own directives may demand validation or accept staleness.
 pub(super) fn on_hit(
     session: &Session,
     meta: &CacheMeta,
     is_fresh: bool,
     ctx: &mut Ctx,
 ) -> Option<ForcedFreshness> {
-    let authorized = session
-        .req_header()
-        .headers
-        .contains_key(header::AUTHORIZATION);
-    if authorized && !policy::may_serve_authorized(meta) {
+    let credentialed = rule(ctx).and_then(|r| policy::credentials(session.req_header(), r));
+    if credentialed.is_some() && !policy::may_serve_authorized(meta) {
         return Some(ForcedFreshness::ForceMiss);
     }
     let forced = ctx.cache.directives.on_hit(meta, is_fresh);

@@ -69,6 +69,8 @@ pub struct Ctx {
     failed_servers: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// When an open breaker refused the request: until the first half-opens.
     retry_after: Option<std::time::Duration>,
+    /// A `ready_path` probe (answered by the gateway, counted in no route).
+    probe: bool,
     /// Set when the gateway answered with its own error.
     error: Option<GatewayError>,
     /// What the cache did.
@@ -128,6 +130,7 @@ impl ProxyHttp for Gateway {
             started: std::time::Instant::now(),
             failed_servers: Vec::new(),
             retry_after: None,
+            probe: false,
             error: None,
             cache: CacheCtx::default(),
         }
@@ -141,6 +144,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if request::readiness(&self.shared, session, ctx).await? {
+            return Ok(true);
+        }
         request::filter(session, ctx).await
     }
 

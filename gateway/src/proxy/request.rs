@@ -47,6 +47,38 @@ pub(super) fn identify(shared: &Shared, session: &Session, ctx: &mut Ctx) {
     ctx.snapshot = Some(snap);
 }
 
+/// `GET ready_path` on the main listener: 200 while serving, 503 once
+/// draining, like the admin `/ready` (a load balancer's health check cannot
+/// reach the loopback admin port). Returns `Ok(true)` when it answered.
+pub(super) async fn readiness(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let Some(snap) = ctx.snapshot.clone() else {
+        return Ok(false);
+    };
+    let req = session.req_header();
+    let is_probe = snap.config.ready_path.as_deref() == Some(req.uri.path())
+        && (req.method == http::Method::GET || req.method == http::Method::HEAD);
+    if !is_probe {
+        return Ok(false);
+    }
+    ctx.probe = true;
+    let (status, body): (u16, &'static [u8]) = if shared.is_draining() {
+        (503, b"{\"status\":\"draining\"}\n")
+    } else {
+        (200, b"{\"status\":\"ready\"}\n")
+    };
+    let head_only = req.method == http::Method::HEAD;
+    let header = crate::error::json_header(status, ctx.request_id(), body.len())?;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from_static(body)), true)
+            .await?;
+    }
+    Ok(true)
+}
+
 /// Client limits, framing, routing and `allow_from`; answers itself when one fails.
 ///
 /// Returns `Ok(true)` when the response has already been written.
