@@ -335,7 +335,10 @@ pub enum NoPeer {
 
 /// The active check of `up`: `GET path` expecting a 2xx, or without a path a
 /// TCP connect.
-fn health_check(up: &Upstream, hc: &HealthCheck) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
+fn health_check(
+    up: &Upstream,
+    hc: &HealthCheck,
+) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
     let observer = Box::new(HealthLog {
         upstream: up.name.clone(),
     });

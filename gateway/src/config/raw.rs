@@ -590,7 +590,9 @@ impl TryFrom<SizeRepr> for CacheSize {
     fn try_from(r: SizeRepr) -> Result<Self, Self::Error> {
         match r {
             SizeRepr::Text(s) if s.trim() == "auto" => Ok(CacheSize::Auto),
-            r => Size::try_from(r).map(CacheSize::Bytes).map_err(|e| format!("{e}, or auto")),
+            r => Size::try_from(r)
+                .map(CacheSize::Bytes)
+                .map_err(|e| format!("{e}, or auto")),
         }
     }
 }

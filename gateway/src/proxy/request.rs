@@ -50,7 +50,11 @@ pub(super) fn identify(shared: &Shared, session: &Session, ctx: &mut Ctx) {
 /// `GET ready_path` on the main listener: 200 while serving, 503 once
 /// draining, like the admin `/ready` (a load balancer's health check cannot
 /// reach the loopback admin port). Returns `Ok(true)` when it answered.
-pub(super) async fn readiness(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+pub(super) async fn readiness(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut Ctx,
+) -> Result<bool> {
     let Some(snap) = ctx.snapshot.clone() else {
         return Ok(false);
     };
