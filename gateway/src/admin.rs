@@ -10,7 +10,8 @@
 //! | `GET /stats` | token: requests/s, p50/p99, status classes, hit ratio, in-flight, upstream health |
 //! | `GET /limits` | token: each limiter's limit, in-flight count and queue depth; breaker states |
 //! | `GET /cache/stats` | token: entries, bytes, capacity, outcomes, hit ratio |
-//! | `POST /cache/purge` | token: `{"url"|"prefix"|"tag"|"all", "soft"}` → `{"purged": n}` |
+//! | `POST /cache/purge` | token: `{"url"|"prefix"|"pattern"|"tag"|"all", "soft"}` → `{"purged": n}` |
+//! | `GET /performance/cache/stats`, `POST /performance/cache/clear` | token: the guide's names; clear takes an optional `pattern` (else everything) |
 //!
 //! Token-protected endpoints (`/stats`, `/cache/*`, `/upstreams`, `/config`, ...)
 //! answer with `Authorization: Bearer <token>` checked by [`authorize`].
@@ -168,18 +169,23 @@ impl ServeHttp for AdminApp {
                 }
                 Err(denied) => denied.response(&id),
             },
-            "/cache/stats" if get => match self.check_token(session) {
+            "/cache/stats" | "/performance/cache/stats" if get => match self.check_token(session) {
                 Ok(()) => json_value(StatusCode::OK, &cache_stats()),
                 Err(denied) => denied.response(&id),
             },
             "/cache/purge" if req.method == Method::POST => match self.check_token(session) {
-                Ok(()) => self.purge(session, &id).await,
+                Ok(()) => self.purge(session, &id, false).await,
                 Err(denied) => denied.response(&id),
             },
-            "/health" | "/ready" | "/metrics" | "/upstreams" | "/config" | "/cache/stats"
-            | "/cache/purge" | "/limits" | "/stats" => Response::builder()
+            "/performance/cache/clear" if req.method == Method::POST => {
+                match self.check_token(session) {
+                    Ok(()) => self.purge(session, &id, true).await,
+                    Err(denied) => denied.response(&id),
+                }
+            }
+            path if allowed_methods(path).is_some() => Response::builder()
                 .status(StatusCode::METHOD_NOT_ALLOWED)
-                .header(header::ALLOW, "GET, HEAD")
+                .header(header::ALLOW, allowed_methods(path).unwrap_or_default())
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(json_error("method not allowed", &id).to_vec()),
             _ => Response::builder()
@@ -206,6 +212,23 @@ impl ServeHttp for AdminApp {
             resp.body_mut().clear();
         }
         resp
+    }
+}
+
+/// The methods an admin endpoint takes (its `Allow` on a 405); `None` for no endpoint.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/health"
+        | "/ready"
+        | "/metrics"
+        | "/upstreams"
+        | "/config"
+        | "/cache/stats"
+        | "/performance/cache/stats"
+        | "/limits"
+        | "/stats" => Some("GET, HEAD"),
+        "/cache/purge" | "/performance/cache/clear" => Some("POST"),
+        _ => None,
     }
 }
 
@@ -258,11 +281,14 @@ fn json_value(status: StatusCode, v: &serde_json::Value) -> http::Result<Respons
 }
 
 impl AdminApp {
-    /// `POST /cache/purge`: body at most 64 KiB of JSON.
+    /// `POST /cache/purge`: body at most 64 KiB of JSON. `clear` is the
+    /// guide's `POST /performance/cache/clear`: the body is optional (`{}` or
+    /// none clears everything) and takes `pattern` (and `host`).
     async fn purge(
         &self,
         session: &mut ServerSession,
         id: &str,
+        clear: bool,
     ) -> http::Result<Response<Vec<u8>>> {
         let mut body = Vec::new();
         loop {
@@ -279,7 +305,24 @@ impl AdminApp {
                 }
             }
         }
-        let req: crate::cache::purge::PurgeRequest = match serde_json::from_slice(&body) {
+        let parsed = if clear && body.iter().all(u8::is_ascii_whitespace) {
+            Ok(crate::cache::purge::PurgeRequest::default())
+        } else {
+            serde_json::from_slice::<crate::cache::purge::PurgeRequest>(&body)
+        };
+        let req = match parsed {
+            Ok(mut r) if clear => {
+                if r.url.is_some() || r.prefix.is_some() || r.tag.is_some() || r.all {
+                    return error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "/performance/cache/clear takes pattern (and host) or nothing; \
+                         use /cache/purge for url, prefix, tag or all",
+                        id,
+                    );
+                }
+                r.all = r.pattern.is_none();
+                r
+            }
             Ok(r) => r,
             Err(e) => {
                 return error(

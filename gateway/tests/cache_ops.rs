@@ -288,6 +288,100 @@ async fn purge_by_url_prefix_tag_all_and_soft() {
 }
 
 #[tokio::test]
+async fn purge_by_pattern_and_the_guides_endpoints() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&admin_config(&origin.addr.to_string(), "")).await;
+    let cached = "h=Cache-Control:max-age%3D60";
+    let paths = [
+        resp("items/1/comments", cached),
+        resp("items/2/comments", cached),
+        resp("items/2/likes", cached),
+        resp("items/3/comments/9", cached),
+        resp("other", cached),
+    ];
+    let fill = || async {
+        for p in &paths {
+            get(&gw, p).await;
+        }
+    };
+    fill().await;
+    let (s, body) = purge(
+        &gw,
+        serde_json::json!({ "pattern": "/resp/items/*/comments" }),
+    )
+    .await;
+    assert_eq!(
+        (s, body["purged"].as_u64()),
+        (200, Some(2)),
+        "* stays in its segment"
+    );
+    assert_eq!(get(&gw, &paths[0]).await.1, "MISS", "the query is ignored");
+    assert_eq!(get(&gw, &paths[2]).await.1, "HIT");
+    assert_eq!(get(&gw, &paths[3]).await.1, "HIT");
+    let (_, body) = purge(&gw, serde_json::json!({ "pattern": "/resp/items/**" })).await;
+    assert_eq!(
+        body["purged"], 3,
+        "** crosses segments (items/2/comments is gone)"
+    );
+    let (_, body) = purge(
+        &gw,
+        serde_json::json!({ "pattern": "/resp/**", "host": "elsewhere.example" }),
+    )
+    .await;
+    assert_eq!(body["purged"], 0, "another host");
+    let (s, _) = purge(&gw, serde_json::json!({ "pattern": "resp/*" })).await;
+    assert_eq!(s, 422);
+
+    // The guide's names answer like /cache/stats and /cache/purge.
+    let clear = |body: Option<serde_json::Value>| {
+        let mut r = client()
+            .post(gw.admin_url("/performance/cache/clear"))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    fill().await;
+    let (s, body) = clear(Some(serde_json::json!({ "pattern": "/resp/items/2/*" }))).await;
+    assert_eq!((s, body["purged"].as_u64()), (200, Some(2)), "{body}");
+    let (s, body) = clear(None).await;
+    assert_eq!(
+        (s, body["purged"].as_u64()),
+        (200, Some(3)),
+        "no body: everything"
+    );
+    let (s, _) = clear(Some(serde_json::json!({ "all": true }))).await;
+    assert_eq!(s, 422);
+    let a = gw.admin_json("/cache/stats", TOKEN).await;
+    let b = gw.admin_json("/performance/cache/stats", TOKEN).await;
+    assert_eq!(a["purged"], b["purged"]);
+    assert_eq!(a["entries"], 0);
+
+    // Every 405 names the methods its endpoint takes.
+    for (path, method, allow) in [
+        ("/cache/purge", reqwest::Method::GET, "POST"),
+        ("/performance/cache/clear", reqwest::Method::GET, "POST"),
+        ("/cache/stats", reqwest::Method::POST, "GET, HEAD"),
+        ("/metrics", reqwest::Method::DELETE, "GET, HEAD"),
+    ] {
+        let r = client()
+            .request(method, gw.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{path}");
+        assert_eq!(r.headers()["allow"], allow, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn purge_method_only_from_allowed_peers() {
     let origin = Origin::start("a").await;
     let path = resp("pm", "h=Cache-Control:max-age%3D60");

@@ -1,6 +1,7 @@
-//! Purges: one URL (all its Vary variants), a path prefix, a tag recorded from
-//! `Surrogate-Key` / `Cache-Tag`, or everything; hard (dropped) or soft
-//! (marked stale, then revalidated or served stale as the entry allows).
+//! Purges: one URL (all its Vary variants), a path prefix, a path pattern
+//! (glob), a tag recorded from `Surrogate-Key` / `Cache-Tag`, or everything;
+//! hard (dropped) or soft (marked stale, then revalidated or served stale as
+//! the entry allows).
 
 use pingora::cache::key::CacheHashKey;
 use serde::Deserialize;
@@ -8,7 +9,7 @@ use serde::Deserialize;
 use super::{policy, store};
 use crate::state::Snapshot;
 
-/// `POST /cache/purge` body: exactly one of `url`, `prefix`, `tag`, `all`.
+/// `POST /cache/purge` body: exactly one of `url`, `prefix`, `pattern`, `tag`, `all`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PurgeRequest {
@@ -16,6 +17,11 @@ pub struct PurgeRequest {
     pub url: Option<String>,
     /// `/items/` (any host) or `http://host/items/`: every URL under it.
     pub prefix: Option<String>,
+    /// A glob over the path (the query is ignored): `*` within one segment,
+    /// `**` across segments (`/items/*/comments`, `/static/**`).
+    pub pattern: Option<String>,
+    /// With `pattern`: only this host (default: any).
+    pub host: Option<String>,
     /// A tag the origin sent in `Surrogate-Key` or `Cache-Tag`.
     pub tag: Option<String>,
     /// Everything.
@@ -29,11 +35,15 @@ pub fn execute(req: &PurgeRequest, snap: &Snapshot) -> Result<usize, String> {
     let selectors = [
         req.url.is_some(),
         req.prefix.is_some(),
+        req.pattern.is_some(),
         req.tag.is_some(),
         req.all,
     ];
     if selectors.iter().filter(|s| **s).count() != 1 {
-        return Err("give exactly one of url, prefix, tag or all".into());
+        return Err("give exactly one of url, prefix, pattern, tag or all".into());
+    }
+    if req.host.is_some() && req.pattern.is_none() {
+        return Err("host goes with pattern".into());
     }
     let Some(store) = store() else { return Ok(0) };
     let n = if let Some(url) = &req.url {
@@ -60,6 +70,13 @@ pub fn execute(req: &PurgeRequest, snap: &Snapshot) -> Result<usize, String> {
             host.as_deref().is_none_or(|h| h == &uri[..split])
                 && uri[split..].starts_with(path.as_str())
         })
+    } else if let Some(pattern) = &req.pattern {
+        let glob = Glob::new(pattern)?;
+        let host = req.host.as_ref().map(|h| h.to_ascii_lowercase());
+        store.purge_where(req.soft, |uri, _| {
+            let split = uri.find('/').unwrap_or(uri.len());
+            host.as_deref().is_none_or(|h| h == &uri[..split]) && glob.matches(&uri[split..])
+        })
     } else if let Some(tag) = &req.tag {
         store.purge_where(req.soft, |_, tags| tags.iter().any(|t| t == tag))
     } else {
@@ -81,4 +98,130 @@ pub fn url_purge(snap: &Snapshot, host: &str, path: &str, query: &str, soft: boo
     };
     let key = policy::key_for(host, path, &policy::normalize_query(query, &rule.query));
     store.purge_uri(&key.primary_bin(), soft)
+}
+
+/// A path glob: `*` matches within one segment, `**` across segments, and
+/// `/**/` also matches a single `/` (so `/a/**/b` matches `/a/b`).
+#[derive(Debug)]
+pub struct Glob(Vec<Token>);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Token {
+    Byte(u8),
+    /// `*`: any run of bytes without `/`.
+    Star,
+    /// `**`: any run of bytes.
+    Any,
+    /// `**/`: nothing, or any run of bytes that ends with `/`.
+    AnyDir,
+}
+
+impl Glob {
+    /// Compiles `pattern`, which must start with `/`.
+    pub fn new(pattern: &str) -> Result<Glob, String> {
+        if !pattern.starts_with('/') || pattern.len() > 1024 {
+            return Err(format!(
+                "pattern {pattern:?} must be a path starting with '/' (at most 1024 bytes)"
+            ));
+        }
+        let b = pattern.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match (b[i], b.get(i + 1), b.get(i + 2)) {
+                (b'*', Some(b'*'), Some(b'/')) => {
+                    out.push(Token::AnyDir);
+                    i += 3;
+                }
+                (b'*', Some(b'*'), _) => {
+                    out.push(Token::Any);
+                    i += 2;
+                }
+                (b'*', _, _) => {
+                    out.push(Token::Star);
+                    i += 1;
+                }
+                (c, _, _) => {
+                    out.push(Token::Byte(c));
+                    i += 1;
+                }
+            }
+        }
+        Ok(Glob(out))
+    }
+
+    /// Whether `path` matches; O(pattern × path), whatever the stars.
+    pub fn matches(&self, path: &str) -> bool {
+        let t = path.as_bytes();
+        // ok[j]: the tokens so far match t[..j].
+        let mut ok = vec![false; t.len() + 1];
+        ok[0] = true;
+        for tok in &self.0 {
+            let mut next = vec![false; t.len() + 1];
+            match tok {
+                Token::Byte(c) => {
+                    for j in 0..t.len() {
+                        next[j + 1] = ok[j] && t[j] == *c;
+                    }
+                }
+                Token::Star => {
+                    for j in 0..=t.len() {
+                        next[j] = ok[j] || (j > 0 && next[j - 1] && t[j - 1] != b'/');
+                    }
+                }
+                Token::Any => {
+                    for j in 0..=t.len() {
+                        next[j] = ok[j] || (j > 0 && next[j - 1]);
+                    }
+                }
+                Token::AnyDir => {
+                    // Any run ending in '/', or nothing.
+                    let mut reach = false;
+                    for j in 0..=t.len() {
+                        next[j] = ok[j] || (reach && j > 0 && t[j - 1] == b'/');
+                        reach = reach || ok[j];
+                    }
+                }
+            }
+            ok = next;
+        }
+        ok[t.len()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_segments_and_across() {
+        let cases = [
+            ("/items/*/comments", "/items/42/comments", true),
+            ("/items/*/comments", "/items/4/2/comments", false),
+            ("/items/*/comments", "/items//comments", true),
+            ("/items/**", "/items/4/2/comments", true),
+            ("/items/**", "/items", false),
+            ("/a/**/b", "/a/b", true),
+            ("/a/**/b", "/a/x/y/b", true),
+            ("/a/**/b", "/a/xb", false),
+            ("/img/*.png", "/img/cat.png", true),
+            ("/img/*.png", "/img/x/cat.png", false),
+            ("/**", "/", true),
+            ("/exact", "/exact", true),
+            ("/exact", "/exact/", false),
+            (
+                "/*/*/*/*/*/*/*/*/*/*/*/*x",
+                "/a/a/a/a/a/a/a/a/a/a/a/a",
+                false,
+            ),
+        ];
+        for (pattern, path, want) in cases {
+            assert_eq!(
+                Glob::new(pattern).unwrap().matches(path),
+                want,
+                "{pattern} {path}"
+            );
+        }
+        assert!(Glob::new("items/*").is_err());
+    }
 }
