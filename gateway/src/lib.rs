@@ -17,6 +17,7 @@
 //! - [`hop_by_hop`]: connection-only header fields, stripped both ways.
 //! - [`forwarded`]: client address and forwarding headers (trusted proxies).
 //! - [`error`]: the gateway's own error answers (JSON with a request id).
+//! - [`outcome`]: the one cache-outcome type (Cache-Status, X-Cache, metrics, log).
 //! - [`metrics`]: Prometheus metrics in the default registry.
 //! - [`ratelimit`]: per-client rate limits (GCRA), bounded memory.
 //! - [`limits`]: concurrency limits and FIFO queues (per route, per upstream).
@@ -39,6 +40,7 @@ pub mod init;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod outcome;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request_id;

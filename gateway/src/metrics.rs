@@ -6,7 +6,7 @@
 
 use std::sync::LazyLock;
 
-use crate::cache::CacheOutcome;
+use crate::outcome::CacheOutcome;
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
     register_int_gauge_vec, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -3,10 +3,15 @@
 use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
@@ -17,7 +22,6 @@ use crate::lifecycle::{PidFile, Signals};
 use crate::metrics;
 use crate::proxy::Gateway;
 use crate::state::Shared;
-use crate::upstream::HealthChecker;
 
 /// Exit code of a refused configuration (and of a listener that cannot bind).
 pub const EXIT_CONFIG: u8 = 2;
@@ -194,4 +198,38 @@ fn exit_on_listener_panic() {
             std::process::exit(i32::from(EXIT_CONFIG));
         }
     }));
+}
+
+/// Background service that runs the health checks of the current snapshot's pools.
+pub struct HealthChecker {
+    shared: Arc<Shared>,
+}
+
+impl HealthChecker {
+    /// A checker over the shared snapshot.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// How often the checker looks for due checks.
+const TICK: Duration = Duration::from_millis(50);
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let snap = self.shared.snapshot();
+            let now = Instant::now();
+            let checks = snap.upstreams.iter().map(|p| p.check_if_due(now));
+            tokio::select! {
+                _ = futures::future::join_all(checks) => {}
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }

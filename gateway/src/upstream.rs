@@ -13,8 +13,6 @@ use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::{selection::RoundRobin, Backend, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use serde::Serialize;
@@ -25,7 +23,6 @@ use crate::clock;
 use crate::config::{HealthCheck, Upstream};
 use crate::limits::Limiter;
 use crate::metrics;
-use crate::state::Shared;
 
 /// The running side of one configured upstream: its balancer and health
 /// state, its servers' breakers, its concurrency limit (static or adaptive)
@@ -307,7 +304,7 @@ impl UpstreamPool {
     }
 
     /// Runs the health check when it is due; returns at once otherwise.
-    async fn check_if_due(&self, now: Instant) {
+    pub async fn check_if_due(&self, now: Instant) {
         let Some(hc) = &self.config.health_check else {
             return;
         };
@@ -421,38 +418,4 @@ pub struct ServerStatus<'a> {
     /// Breaker state, when the upstream has breakers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker: Option<&'static str>,
-}
-
-/// Background service that runs the health checks of the current snapshot's pools.
-pub struct HealthChecker {
-    shared: Arc<Shared>,
-}
-
-impl HealthChecker {
-    /// A checker over the shared snapshot.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
-    }
-}
-
-/// How often the checker looks for due checks.
-const TICK: Duration = Duration::from_millis(50);
-
-#[async_trait]
-impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            let snap = self.shared.snapshot();
-            let now = Instant::now();
-            let checks = snap.upstreams.iter().map(|p| p.check_if_due(now));
-            tokio::select! {
-                _ = futures::future::join_all(checks) => {}
-                _ = shutdown.changed() => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }

@@ -147,13 +147,14 @@ pub fn pool_error(kind: &str) {
     POOL_ERRORS.with_label_values(&[kind]).inc();
 }
 
-/// Publishes pool figures.
-pub fn pool(state: crate::db::PoolState) {
-    POOL_SIZE.set(state.connections.into());
-    POOL_IDLE.set(state.idle.into());
-    POOL_IN_USE.set(state.in_use.into());
-    POOL_WAITERS.set(state.waiters as i64);
-    POOL_MAX.set(state.max_size.into());
+/// Publishes pool figures: configured maximum, open, idle and checked-out
+/// connections, and requests waiting for one.
+pub fn pool(max_size: u32, connections: u32, idle: u32, in_use: u32, waiters: u64) {
+    POOL_SIZE.set(connections.into());
+    POOL_IDLE.set(idle.into());
+    POOL_IN_USE.set(in_use.into());
+    POOL_WAITERS.set(waiters as i64);
+    POOL_MAX.set(max_size.into());
 }
 
 /// Publishes job queue figures.

@@ -19,7 +19,8 @@ pub async fn health(State(st): State<AppState>) -> Result<Response, AppError> {
 }
 
 fn refresh(st: &AppState) {
-    metrics::pool(st.db.pool_state());
+    let p = st.db.pool_state();
+    metrics::pool(p.max_size, p.connections, p.idle, p.in_use, p.waiters);
     let (q, r) = st.jobs.depth();
     metrics::jobs(q, r);
 }

@@ -1,7 +1,9 @@
 //! The response cache: storage ([`storage`]), what is stored and under which
-//! key ([`policy`]), the client's directives ([`request`]), and the outcome reported to clients and metrics ([`outcome`]).
+//! key ([`policy`]), the client's directives ([`request`]) and purges
+//! ([`purge`]). The outcome reported to clients and metrics is
+//! [`crate::outcome::CacheOutcome`], a vocabulary of its own so that the
+//! metrics sit below the cache.
 
-pub mod outcome;
 pub mod policy;
 pub mod purge;
 pub mod request;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 
-pub use outcome::CacheOutcome;
+pub use crate::outcome::CacheOutcome;
 pub use storage::MemStorage;
 
 /// The process-wide store (Pingora's cache API wants `&'static`). Its size is
