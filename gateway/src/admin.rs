@@ -122,7 +122,17 @@ impl ServeHttp for AdminApp {
             },
             "/stats" if get => match self.check_token(session) {
                 Ok(()) => {
-                    let mut v = metrics::summary();
+                    let sum = metrics::summary();
+                    let rps = sum.requests as f64 / sum.uptime_seconds;
+                    let mut v = serde_json::json!({
+                        "uptime_seconds": sum.uptime_seconds.round(),
+                        "requests": sum.requests,
+                        "requests_per_second": (rps * 100.0).round() / 100.0,
+                        "by_status": sum.by_status,
+                        "latency_ms": { "p50": sum.p50_ms, "p99": sum.p99_ms },
+                        "cache_hit_ratio": metrics::CacheTotals::now().hit_ratio(),
+                        "open_connections": sum.open_connections,
+                    });
                     let snap = self.shared.snapshot();
                     let in_flight: serde_json::Map<_, _> = snap
                         .limiters()
@@ -251,25 +261,25 @@ fn publish(snap: &Snapshot) {
 
 /// `GET /cache/stats`.
 fn cache_stats() -> serde_json::Value {
-    let totals = metrics::cache_totals();
-    let get = |k: &str| totals.get(k).copied().unwrap_or(0);
+    use crate::outcome::CacheOutcome::*;
+    let t = metrics::CacheTotals::now();
     let (entries, bytes, capacity) =
         crate::cache::store().map_or((0, 0, 0), |s| (s.len() as u64, s.weight(), s.capacity()));
     serde_json::json!({
         "entries": entries,
         "bytes": bytes,
         "capacity": capacity,
-        "hits": get("hit"),
-        "misses": get("miss") + get("uncacheable"),
-        "stale_served": get("stale"),
-        "revalidations": get("revalidated") + get("expired"),
-        "bypasses": get("bypass"),
-        "collapsed_waits": get("collapsed"),
-        "stores": get("stores"),
-        "evictions": get("evictions"),
-        "purged": get("purged"),
-        "invalidations": get("invalidations"),
-        "hit_ratio": metrics::cache_hit_ratio(&totals),
+        "hits": t.outcome(Hit),
+        "misses": t.outcome(Miss) + t.outcome(Uncacheable),
+        "stale_served": t.outcome(Stale),
+        "revalidations": t.outcome(Revalidated) + t.outcome(Expired),
+        "bypasses": t.outcome(Bypass),
+        "collapsed_waits": t.collapsed,
+        "stores": t.stores,
+        "evictions": t.evictions,
+        "purged": t.purged,
+        "invalidations": t.invalidations,
+        "hit_ratio": t.hit_ratio(),
     })
 }
 

@@ -4,6 +4,7 @@
 //! a class (`1xx`..`5xx`), `kind` a [`crate::error::GatewayError::kind`]. Hot-path
 //! recording goes through handles resolved when a config snapshot is built.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 use crate::outcome::CacheOutcome;
@@ -405,6 +406,7 @@ impl RouteMetrics {
 
     /// Records a finished request's duration.
     pub fn duration(&self, status: u16, cache: Option<CacheOutcome>, seconds: f64) {
+        ALL_DURATIONS.observe(seconds);
         let class = (status / 100).clamp(1, 5) as usize - 1;
         let outcome = cache.map_or(7, |c| c as usize);
         self.durations[class * 8 + outcome]
@@ -434,6 +436,7 @@ impl RouteMetrics {
 
     /// Counts one request's cache outcome.
     pub fn cache(&self, outcome: CacheOutcome) {
+        OUTCOME_TOTALS[outcome as usize].fetch_add(1, Ordering::Relaxed);
         self.by_cache[outcome as usize]
             .get_or_init(|| CACHE_REQUESTS.with_label_values(&[&self.name, outcome.label()]))
             .inc();
@@ -445,6 +448,7 @@ impl RouteMetrics {
             method_index(method),
             (status / 100).clamp(1, 5) as usize - 1,
         );
+        CLASS_TOTALS[c].fetch_add(1, Ordering::Relaxed);
         let o = cache.map_or(7, |o| o as usize);
         let i = (m * CLASSES.len() + c) * 8 + o;
         self.requests[i]
@@ -528,44 +532,68 @@ pub fn cache_purged(n: usize) {
     CACHE_PURGES.inc_by(n as u64);
 }
 
-/// Totals for `/cache/stats`: requests by cache outcome label (all routes),
-/// and the store counters.
-pub fn cache_totals() -> std::collections::BTreeMap<String, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    for fam in prometheus::gather() {
-        match fam.name() {
-            "gateway_cache_requests_total" => {
-                for m in fam.get_metric() {
-                    let label = m
-                        .get_label()
-                        .iter()
-                        .find(|l| l.name() == "cache")
-                        .map(|l| l.value().to_owned());
-                    if let Some(label) = label {
-                        *out.entry(label).or_insert(0) += m.get_counter().value() as u64;
-                    }
-                }
-            }
-            name @ ("gateway_cache_stores_total"
-            | "gateway_cache_evictions_total"
-            | "gateway_cache_collapsed_total"
-            | "gateway_cache_purged_total"
-            | "gateway_cache_invalidations_total") => {
-                let v = fam
-                    .get_metric()
-                    .first()
-                    .map_or(0.0, |m| m.get_counter().value());
-                out.insert(
-                    name.trim_start_matches("gateway_cache_")
-                        .trim_end_matches("_total")
-                        .to_owned(),
-                    v as u64,
-                );
-            }
-            _ => {}
+/// Requests by cache outcome, all routes together (indexed by `CacheOutcome as usize`).
+static OUTCOME_TOTALS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+/// Answered requests by status class (`1xx`..`5xx`), all routes together.
+static CLASS_TOTALS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+/// Request durations of all routes together, for `/stats` percentiles
+/// (not exported: the per-route histograms are).
+static ALL_DURATIONS: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::with_opts(
+        prometheus::HistogramOpts::new("all_requests", "all request durations")
+            .buckets(BUCKETS.to_vec()),
+    )
+    .expect("valid buckets")
+});
+
+/// The cache's counters since start, for `/cache/stats` and `/stats`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheTotals {
+    /// Requests by outcome (indexed by `CacheOutcome as usize`).
+    pub outcomes: [u64; 7],
+    /// Responses written to the cache.
+    pub stores: u64,
+    /// Entries evicted for space.
+    pub evictions: u64,
+    /// Requests answered from an entry another request filled.
+    pub collapsed: u64,
+    /// Entries removed or expired by purges.
+    pub purged: u64,
+    /// Entries removed by unsafe methods.
+    pub invalidations: u64,
+}
+
+impl CacheTotals {
+    /// The counters now.
+    pub fn now() -> Self {
+        Self {
+            outcomes: std::array::from_fn(|i| OUTCOME_TOTALS[i].load(Ordering::Relaxed)),
+            stores: CACHE_STORES.get(),
+            evictions: CACHE_EVICTIONS.get(),
+            collapsed: CACHE_COLLAPSED.get(),
+            purged: CACHE_PURGES.get(),
+            invalidations: CACHE_INVALIDATIONS.get(),
         }
     }
-    out
+
+    /// Requests with this outcome.
+    pub fn outcome(&self, o: CacheOutcome) -> u64 {
+        self.outcomes[o as usize]
+    }
+
+    /// Hits over lookups (everything that consulted the cache but bypasses).
+    pub fn hit_ratio(&self) -> f64 {
+        let lookups: u64 = CacheOutcome::ALL
+            .iter()
+            .filter(|o| **o != CacheOutcome::Bypass)
+            .map(|o| self.outcome(*o))
+            .sum();
+        if lookups > 0 {
+            self.outcome(CacheOutcome::Hit) as f64 / lookups as f64
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Counts a dropped access-log line.
@@ -573,60 +601,42 @@ pub fn access_log_dropped() {
     ACCESS_LOG_DROPPED.inc();
 }
 
-/// Hits over lookups (everything that consulted the cache but bypasses).
-pub fn cache_hit_ratio(totals: &std::collections::BTreeMap<String, u64>) -> f64 {
-    let get = |k: &str| totals.get(k).copied().unwrap_or(0) as f64;
-    let lookups: f64 = [
-        "hit",
-        "miss",
-        "stale",
-        "revalidated",
-        "expired",
-        "uncacheable",
-    ]
-    .iter()
-    .map(|k| get(k))
-    .sum();
-    if lookups > 0.0 {
-        get("hit") / lookups
-    } else {
-        0.0
-    }
-}
-
 static STARTED: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
 
-/// `GET /stats`: a human-sized summary since start.
-pub fn summary() -> serde_json::Value {
-    let mut total = 0.0;
-    let mut classes = std::collections::BTreeMap::<String, f64>::new();
-    let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for fam in prometheus::gather() {
-        match fam.name() {
-            "gateway_requests_total" => {
-                for m in fam.get_metric() {
-                    let v = m.get_counter().value();
-                    total += v;
-                    if let Some(l) = m.get_label().iter().find(|l| l.name() == "status") {
-                        *classes.entry(l.value().to_owned()).or_default() += v;
-                    }
-                }
-            }
-            "gateway_request_duration_seconds" => {
-                for m in fam.get_metric() {
-                    for (i, b) in m.get_histogram().get_bucket().iter().enumerate() {
-                        if buckets.len() <= i {
-                            buckets.push((b.upper_bound(), 0.0));
-                        }
-                        buckets[i].1 += b.cumulative_count() as f64;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+/// Traffic since start, for `GET /stats`.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Seconds since start (at least 1).
+    pub uptime_seconds: f64,
+    /// Requests answered.
+    pub requests: u64,
+    /// Requests answered by status class, classes seen only.
+    pub by_status: std::collections::BTreeMap<&'static str, u64>,
+    /// Median request duration in ms (interpolated in its histogram bucket).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile request duration in ms.
+    pub p99_ms: Option<f64>,
+    /// Client connections open now.
+    pub open_connections: i64,
+}
+
+/// The traffic summary now.
+pub fn summary() -> Summary {
+    let by_status = CLASSES
+        .iter()
+        .zip(&CLASS_TOTALS)
+        .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let h = prometheus::core::Metric::metric(&*ALL_DURATIONS);
+    let buckets: Vec<(f64, f64)> = h
+        .get_histogram()
+        .get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count() as f64))
+        .collect();
+    let count = ALL_DURATIONS.get_sample_count() as f64;
     let quantile = |q: f64| -> Option<f64> {
-        let count = buckets.last()?.1;
         if count == 0.0 {
             return None;
         }
@@ -646,17 +656,14 @@ pub fn summary() -> serde_json::Value {
         }
         Some(lower * 1000.0)
     };
-    let hit_ratio = cache_hit_ratio(&cache_totals());
-    let uptime = STARTED.elapsed().as_secs_f64().max(1.0);
-    serde_json::json!({
-        "uptime_seconds": uptime.round(),
-        "requests": total,
-        "requests_per_second": (total / uptime * 100.0).round() / 100.0,
-        "by_status": classes,
-        "latency_ms": { "p50": quantile(0.5), "p99": quantile(0.99) },
-        "cache_hit_ratio": hit_ratio,
-        "open_connections": open_connections(),
-    })
+    Summary {
+        uptime_seconds: STARTED.elapsed().as_secs_f64().max(1.0),
+        requests: CLASS_TOTALS.iter().map(|n| n.load(Ordering::Relaxed)).sum(),
+        by_status,
+        p50_ms: quantile(0.5),
+        p99_ms: quantile(0.99),
+        open_connections: open_connections(),
+    }
 }
 
 /// Counts an eviction.
