@@ -100,12 +100,20 @@ impl Limiter {
         if let Some(p) = self.try_acquire() {
             return Ok(p);
         }
+        // Counted while in line, also when the waiting future is dropped (the
+        // client left): the guard leaves the line in every case.
+        struct InLine<'a>(&'a AtomicUsize);
+        impl Drop for InLine<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let in_line = InLine(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= max_waiting {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Shed::QueueFull);
         }
         let got = tokio::time::timeout_at(deadline, self.sem.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(in_line);
         match got {
             Ok(Ok(p)) => Ok(p),
             _ => Err(Shed::QueueTimeout),
@@ -134,5 +142,18 @@ mod tests {
         drop(held);
         l.resize(2);
         assert_eq!((l.max(), l.in_flight()), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_is_dropped_leaves_the_line() {
+        let l = Limiter::new(1);
+        let _held = l.try_acquire().unwrap();
+        let far = tokio::time::Instant::now() + Duration::from_secs(60);
+        let waiting = l.acquire(10, far);
+        let mut waiting = Box::pin(waiting);
+        assert!(futures::poll!(&mut waiting).is_pending());
+        assert_eq!(l.waiting(), 1);
+        drop(waiting);
+        assert_eq!(l.waiting(), 0, "a client that left is no longer queued");
     }
 }

@@ -11,7 +11,7 @@ fn config(origin: &Origin, limits: &str, upstream_limits: &str, cache: &str) -> 
     format!(
         r#"
 listen: "{{listen}}"
-admin: {{ listen: "{{admin}}" }}
+admin: {{ listen: "{{admin}}", token: {TOKEN} }}
 upstreams:
   app: {{ servers: ["{}"], read_timeout: 10s, limits: {{ {upstream_limits} }} }}
 routes:
@@ -19,6 +19,44 @@ routes:
 "#,
         origin.addr
     )
+}
+
+const TOKEN: &str = "limits-token-0123456789";
+
+/// Polls `/limits` until limiter `name` has `in_flight` requests holding a
+/// slot and `queued` waiting (the state the test needs, instead of a sleep).
+async fn wait_limiter(gw: &Gateway, name: &str, in_flight: u64, queued: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = gw.admin_json("/limits", TOKEN).await;
+        let l = v["limiters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .cloned()
+            .unwrap_or_default();
+        if l["in_flight"] == in_flight && l["queued"] == queued {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never had {in_flight} in flight and {queued} queued: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A request that holds its slot until [`Origin::release`]: `/stream` sends its
+/// header and first chunk, then waits.
+fn hold(gw: &Gateway) -> tokio::task::JoinHandle<u16> {
+    let url = gw.url("/stream");
+    tokio::spawn(async move {
+        let r = client().get(url).send().await.unwrap();
+        let status = r.status().as_u16();
+        r.bytes().await.unwrap();
+        status
+    })
 }
 
 async fn burst(gw: &Gateway, n: usize, path: &str) -> Vec<(u16, Option<String>)> {
@@ -80,27 +118,33 @@ async fn a_full_queue_and_a_queue_timeout_answer_503_at_once() {
     let origin = Origin::start("a").await;
     let yaml = config(
         &origin,
-        "max_inflight: 1, queue: { max_len: 1, timeout: 5s }",
+        "max_inflight: 1, queue: { max_len: 1, timeout: 30s }",
         "",
         "",
     );
     let gw = Gateway::start(&yaml).await;
-    let started = Instant::now();
-    let results = burst(&gw, 6, "/slow/600").await;
-    let ok = results.iter().filter(|(s, _)| *s == 200).count();
-    let shed: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
-    assert_eq!(
-        (ok, shed.len()),
-        (2, 4),
-        "one in flight, one queued: {results:?}"
-    );
-    assert!(
-        shed.iter().all(|(_, retry)| retry.as_deref() == Some("1")),
-        "Retry-After: {results:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let holder = hold(&gw);
+    wait_limiter(&gw, "route:limited", 1, 0).await;
+    let queued = tokio::spawn(client().get(gw.url("/queued")).send());
+    wait_limiter(&gw, "route:limited", 1, 1).await;
+    // The queue is full: refused at once (the holder is held until released,
+    // so these answers cannot have waited for it).
+    for _ in 0..4 {
+        let r = client().get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert!(json_error(r).await.0.contains("queue full"));
+    }
+    origin.release();
+    assert_eq!(holder.await.unwrap(), 200);
+    assert_eq!(queued.await.unwrap().unwrap().status(), 200);
     let r = client().get(gw.url("/x")).send().await.unwrap(); // the queue drained
     assert_eq!(r.status(), 200);
+    assert_eq!(
+        origin.hits(),
+        3,
+        "the shed requests never reached the origin"
+    );
 
     let origin2 = Origin::start("b").await;
     let yaml = config(
@@ -110,18 +154,15 @@ async fn a_full_queue_and_a_queue_timeout_answer_503_at_once() {
         "",
     );
     let gw2 = Gateway::start(&yaml).await;
-    let holder = tokio::spawn(client().get(gw2.url("/slow/1500")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let waited = Instant::now();
+    let holder = hold(&gw2);
+    wait_limiter(&gw2, "route:limited", 1, 0).await;
+    // Shed at the queue timeout, while the holder still holds its slot.
     let r = client().get(gw2.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 503);
-    assert!(
-        waited.elapsed() < Duration::from_millis(1000),
-        "shed at the timeout, not after the holder"
-    );
     assert_eq!(r.headers()["retry-after"], "1");
     assert!(json_error(r).await.0.contains("queue timeout"));
-    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    origin2.release();
+    assert_eq!(holder.await.unwrap(), 200);
     assert_eq!(
         origin2.hits(),
         1,
@@ -136,21 +177,23 @@ async fn queued_requests_are_served_in_order() {
     let origin = Origin::start("a").await;
     let yaml = config(
         &origin,
-        "max_inflight: 1, queue: { max_len: 100, timeout: 10s }",
+        "max_inflight: 1, queue: { max_len: 100, timeout: 30s }",
         "",
         "",
     );
     let gw = Gateway::start(&yaml).await;
-    let holder = tokio::spawn(client().get(gw.url("/slow/500")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let holder = hold(&gw);
+    wait_limiter(&gw, "route:limited", 1, 0).await;
     let mut tasks = Vec::new();
     for i in 0..6 {
         tasks.push(tokio::spawn(
             client().get(gw.url(&format!("/order/{i}"))).send(),
         ));
-        tokio::time::sleep(Duration::from_millis(30)).await; // enqueue in a known order
+        // Enqueued in a known order: each waits in line before the next is sent.
+        wait_limiter(&gw, "route:limited", 1, i + 1).await;
     }
-    holder.await.unwrap().unwrap();
+    origin.release();
+    assert_eq!(holder.await.unwrap(), 200);
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().status(), 200);
     }
@@ -171,20 +214,22 @@ async fn a_client_that_leaves_the_queue_never_reaches_the_origin() {
     let origin = Origin::start("a").await;
     let yaml = config(
         &origin,
-        "max_inflight: 1, queue: { max_len: 10, timeout: 10s }",
+        "max_inflight: 1, queue: { max_len: 10, timeout: 30s }",
         "",
         "",
     );
     let gw = Gateway::start(&yaml).await;
-    let holder = tokio::spawn(client().get(gw.url("/slow/700")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let holder = hold(&gw);
+    wait_limiter(&gw, "route:limited", 1, 0).await;
     let mut s = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
     s.write_all(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_limiter(&gw, "route:limited", 1, 1).await;
     drop(s); // leaves while queued
-    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    wait_limiter(&gw, "route:limited", 1, 0).await;
+    origin.release();
+    assert_eq!(holder.await.unwrap(), 200);
     let r = client().get(gw.url("/after")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let uris: Vec<String> = origin.seen().await.iter().map(|s| s.uri.clone()).collect();
@@ -203,18 +248,15 @@ async fn cache_hits_pass_while_the_upstream_is_saturated() {
     let gw = Gateway::start(&yaml).await;
     let cached = "/resp/hot?size=10&h=Cache-Control:max-age%3D60";
     client().get(gw.url(cached)).send().await.unwrap();
-    let holder = tokio::spawn(client().get(gw.url("/slow/1000")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
+    let holder = hold(&gw);
+    wait_limiter(&gw, "route:limited", 1, 0).await;
+    // The only slot is held until released: these hits never waited for it.
     for _ in 0..5 {
         let r = client().get(gw.url(cached)).send().await.unwrap();
         assert_eq!(r.headers()["x-cache"], "HIT");
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "hits did not wait for a slot"
-    );
-    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    origin.release();
+    assert_eq!(holder.await.unwrap(), 200);
 }
 
 #[tokio::test]
@@ -231,15 +273,16 @@ async fn stale_is_served_instead_of_shedding() {
     let strict = "/resp/strict?size=10&h=Cache-Control:max-age%3D1%2C%20must-revalidate";
     client().get(gw.url(path)).send().await.unwrap();
     client().get(gw.url(strict)).send().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let holder = tokio::spawn(client().get(gw.url("/slow/1000")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // both go stale (max-age=1)
+    let holder = hold(&gw);
+    wait_limiter(&gw, "route:limited", 1, 0).await;
     let r = client().get(gw.url(path)).send().await.unwrap();
     assert_eq!(r.status(), 200, "a stale copy instead of a 503");
     assert_eq!(r.headers()["x-cache"], "STALE");
     let r = client().get(gw.url(strict)).send().await.unwrap();
     assert_eq!(r.status(), 503, "must-revalidate: shed, not stale");
-    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    origin.release();
+    assert_eq!(holder.await.unwrap(), 200);
 }
 
 #[tokio::test]
@@ -250,17 +293,13 @@ async fn limits_endpoint_and_gauges_show_in_flight_and_queue() {
         "max_inflight: 1, queue: { max_len: 10, timeout: 5s }",
         "max_inflight: 4",
         "",
-    )
-    .replace(
-        r#"admin: { listen: "{admin}" }"#,
-        r#"admin: { listen: "{admin}", token: limits-token-0123456789 }"#,
     );
     let gw = Gateway::start(&yaml).await;
-    let a = tokio::spawn(client().get(gw.url("/slow/800")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = hold(&gw);
+    wait_limiter(&gw, "route:limited", 1, 0).await;
     let b = tokio::spawn(client().get(gw.url("/slow/10")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let v = gw.admin_json("/limits", "limits-token-0123456789").await;
+    wait_limiter(&gw, "route:limited", 1, 1).await;
+    let v = gw.admin_json("/limits", TOKEN).await;
     let route = v["limiters"]
         .as_array()
         .unwrap()
@@ -282,7 +321,8 @@ async fn limits_endpoint_and_gauges_show_in_flight_and_queue() {
         r#"gateway_concurrency_limit{limiter="upstream:app"} 4"#,
     ])
     .await;
-    a.await.unwrap().unwrap();
+    origin.release();
+    assert_eq!(a.await.unwrap(), 200);
     b.await.unwrap().unwrap();
 }
 
@@ -363,7 +403,7 @@ routes:
         }));
     }
     let limit = |gw: std::sync::Arc<Gateway>| async move {
-        let v = gw.admin_json("/limits", "limits-token-0123456789").await;
+        let v = gw.admin_json("/limits", TOKEN).await;
         v["limiters"]
             .as_array()
             .unwrap()
@@ -399,7 +439,7 @@ routes:
 
 /// The limit `/limits` reports for limiter `name`, if listed.
 async fn limiter(gw: &Gateway, name: &str) -> Option<u64> {
-    let v = gw.admin_json("/limits", "limits-token-0123456789").await;
+    let v = gw.admin_json("/limits", TOKEN).await;
     v["limiters"]
         .as_array()
         .unwrap()
