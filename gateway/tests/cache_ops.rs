@@ -68,25 +68,38 @@ async fn concurrent_misses_send_one_request_upstream() {
         .await;
 }
 
+/// Polls until the origin has seen `n` requests.
+async fn wait_hits(origin: &Origin, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while origin.hits() < n {
+        assert!(
+            Instant::now() < deadline,
+            "origin saw {} of {n} requests",
+            origin.hits()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn waiters_go_upstream_themselves_after_the_lock_timeout() {
     let origin = Origin::start("a").await;
     let gw = Gateway::start(&config(&origin.addr.to_string(), "lock_timeout: 300ms")).await;
-    let path = resp("slowfill", "h=Cache-Control:max-age%3D60&delay=2000");
-    let started = Instant::now();
+    let path = resp("slowfill", "h=Cache-Control:max-age%3D60&holdable");
+    origin
+        .holding
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let first = tokio::spawn(client().get(gw.url(&path)).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_hits(&origin, 1).await;
+    // The first fill is held at the origin until released: the waiter can
+    // only reach the origin by giving up on the lock.
     let second = tokio::spawn(client().get(gw.url(&path)).send());
-    let r2 = second.await.unwrap().unwrap();
-    assert_eq!(r2.status(), 200);
-    let r1 = first.await.unwrap().unwrap();
-    assert_eq!(r1.status(), 200);
-    assert_eq!(
-        origin.hits(),
-        2,
-        "the waiter gave up after 300ms and fetched itself"
-    );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_hits(&origin, 2).await;
+    origin.release();
+    origin.release();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(second.await.unwrap().unwrap().status(), 200);
+    assert_eq!(origin.hits(), 2);
 }
 
 #[tokio::test]
@@ -95,29 +108,29 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     let gw = Gateway::start(&config(&origin.addr.to_string(), "")).await;
     let path = resp(
         "swr",
-        "h=Cache-Control:max-age%3D1%2C%20stale-while-revalidate%3D60&delay=300",
+        "h=Cache-Control:max-age%3D1%2C%20stale-while-revalidate%3D60&holdable",
     );
     get(&gw, &path).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2100)).await; // stale (max-age=1)
+                                                           // The refresh is held at the origin until released: these answers did not wait for it.
+    origin
+        .holding
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let mut xs = Vec::new();
     for _ in 0..3 {
         xs.push(get(&gw, &path).await.1);
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(300),
-        "no request waited for the origin: {xs:?}"
-    );
-    assert_eq!(xs[0], "STALE", "{xs:?}");
-    // One background refresh, then fresh hits.
+    assert!(xs.iter().all(|x| x == "STALE"), "{xs:?}");
+    wait_hits(&origin, 2).await;
+    assert_eq!(origin.hits(), 2, "one background refresh for the key");
+    origin.release();
+    // Then fresh hits, without another origin request.
     let deadline = Instant::now() + WAIT;
-    while origin.hits() < 2 {
-        assert!(Instant::now() < deadline, "no background refresh");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while get(&gw, &path).await.1 != "HIT" {
+        assert!(Instant::now() < deadline, "the refresh was never stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(origin.hits(), 2, "one refresh for the key");
-    assert_eq!(get(&gw, &path).await.1, "HIT");
+    assert_eq!(origin.hits(), 2);
 }
 
 #[tokio::test]
@@ -429,13 +442,14 @@ async fn the_rule_supplies_stale_windows_the_response_lacks() {
         "cache: { enabled: true, stale_while_revalidate: 60s }",
     );
     let gw = Gateway::start(&yaml).await;
-    let path = resp("rule-swr", "h=Cache-Control:max-age%3D1&delay=300");
+    let path = resp("rule-swr", "h=Cache-Control:max-age%3D1&holdable");
     get(&gw, &path).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2100)).await; // stale (max-age=1)
+                                                           // The refresh is held at the origin: the stale answer did not wait for it.
+    origin
+        .holding
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(get(&gw, &path).await.1, "STALE");
-    assert!(
-        started.elapsed() < Duration::from_millis(250),
-        "answered without waiting for the origin"
-    );
+    wait_hits(&origin, 2).await;
+    origin.release();
 }

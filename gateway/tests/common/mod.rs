@@ -69,6 +69,9 @@ pub struct Origin {
     pub hits: Arc<AtomicUsize>,
     /// What `/health` answers: 200 when true, 503 otherwise.
     pub healthy: Arc<AtomicBool>,
+    /// While true, a scripted `/resp...?holdable` response waits for
+    /// [`Origin::release`] before it is sent (a refresh the test controls).
+    pub holding: Arc<AtomicBool>,
     /// TCP connections accepted so far.
     pub connections: Arc<AtomicUsize>,
     /// Highest number of requests handled at once.
@@ -86,6 +89,7 @@ struct OriginState {
     active: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
+    holding: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     first_chunk: mpsc::Sender<()>,
@@ -103,6 +107,7 @@ impl Origin {
             active: Arc::default(),
             peak: Arc::default(),
             healthy: Arc::new(AtomicBool::new(true)),
+            holding: Arc::default(),
             seen: Arc::default(),
             release: Arc::new(Notify::new()),
             first_chunk: tx,
@@ -123,6 +128,7 @@ impl Origin {
             addr,
             hits: state.hits,
             healthy: state.healthy,
+            holding: state.holding,
             connections,
             peak: state.peak,
             seen: state.seen,
@@ -171,6 +177,7 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     let mut headers = Vec::new();
     let mut honour_inm = false;
     let mut delay_ms = 0u64;
+    let mut hold = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v);
@@ -181,6 +188,8 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
             "delay" => delay_ms = v.parse().unwrap(),
             // Answers 500 while the origin is marked unhealthy.
             "failable" if !s.healthy.load(Ordering::SeqCst) => status = 500,
+            // Waits for `Origin::release` while the origin is holding.
+            "holdable" if s.holding.load(Ordering::SeqCst) => hold = true,
             "h" => {
                 let (name, value) = v.split_once(':').unwrap();
                 headers.push((name.trim().to_owned(), value.trim().to_owned()));
@@ -229,6 +238,9 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     }
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    if hold {
+        s.release.notified().await;
     }
     let mut resp = Response::new(Body::from(vec![b'x'; size]));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
