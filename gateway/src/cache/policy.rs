@@ -157,8 +157,14 @@ pub const NO_STORE: &str = "no-store";
 /// No explicit freshness and no heuristic allowed.
 pub const NO_FRESHNESS: &str = "no-freshness";
 
-/// Decides whether `resp` (to `req`) may be stored under `rule`, and until when.
-pub fn decide(req: &RequestHeader, resp: &ResponseHeader, rule: &RouteCache) -> RespCacheable {
+/// Decides whether `resp` (to `req`), received at `now`, may be stored under
+/// `rule`, and until when.
+pub fn decide(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    rule: &RouteCache,
+    now: SystemTime,
+) -> RespCacheable {
     let uncacheable = |why: &'static str| RespCacheable::Uncacheable(NoCacheReason::Custom(why));
     let status = resp.status.as_u16();
     if status < 200 || status == 206 || status == 304 {
@@ -189,7 +195,6 @@ pub fn decide(req: &RequestHeader, resp: &ResponseHeader, rule: &RouteCache) -> 
     {
         return uncacheable(NO_STORE);
     }
-    let now = SystemTime::now();
     // Explicit freshness: s-maxage, max-age (no-cache = 0), then Expires.
     let explicit = cc.as_ref().and_then(|cc| cc.fresh_duration()).or_else(|| {
         calculate_expires_header_time(resp).map(|t| t.duration_since(now).unwrap_or_default())
@@ -284,6 +289,64 @@ pub fn heuristic_status(status: StatusCode) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rule(cache: &str) -> RouteCache {
+        let yaml = format!(
+            "upstreams: {{ app: {{ servers: [\"127.0.0.1:1\"] }} }}\n\
+             routes: [ {{ name: r, match: {{ path_prefix: / }}, upstream: app, cache: {cache} }} ]"
+        );
+        crate::config::from_yaml_str(&yaml).unwrap().routes[0]
+            .cache
+            .clone()
+            .unwrap()
+    }
+
+    fn response(headers: &[(&str, String)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), v.as_str()).unwrap();
+        }
+        r
+    }
+
+    fn fresh_for(decision: RespCacheable, now: SystemTime) -> Option<i64> {
+        match decision {
+            RespCacheable::Cacheable(meta) => Some(match meta.fresh_until().duration_since(now) {
+                Ok(d) => d.as_secs() as i64,
+                Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
+            }),
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn freshness_is_computed_against_the_given_time() {
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let r = rule("{ enabled: true, default_ttl: 30s }");
+        let cc = |v: &str| response(&[("cache-control", v.to_owned())]);
+        assert_eq!(
+            fresh_for(decide(&req, &cc("max-age=60"), &r, now), now),
+            Some(60)
+        );
+        assert_eq!(
+            fresh_for(decide(&req, &cc("max-age=60, s-maxage=10"), &r, now), now),
+            Some(10)
+        );
+        // Expires is read against `now`, not the machine's clock.
+        let expires = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        let resp = response(&[("expires", expires)]);
+        assert_eq!(fresh_for(decide(&req, &resp, &r, now), now), Some(120));
+        // An Age the response arrived with is used up already.
+        let resp = response(&[("cache-control", "max-age=60".into()), ("age", "45".into())]);
+        assert_eq!(fresh_for(decide(&req, &resp, &r, now), now), Some(15));
+        // No explicit freshness: the rule's heuristic TTL (200 is heuristically cacheable).
+        assert_eq!(
+            fresh_for(decide(&req, &response(&[]), &r, now), now),
+            Some(30)
+        );
+        assert_eq!(fresh_for(decide(&req, &cc("no-store"), &r, now), now), None);
+    }
 
     #[test]
     fn queries_are_sorted_and_filtered_by_rule() {

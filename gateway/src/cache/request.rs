@@ -65,14 +65,20 @@ impl RequestDirectives {
     ///
     /// `ForceExpired` when the client wants validation (no-cache, max-age,
     /// min-fresh); `ForceFresh` when it accepts this much staleness (max-stale)
-    /// and the response does not forbid serving stale.
-    pub fn on_hit(&self, meta: &CacheMeta, is_fresh: bool) -> Option<ForcedFreshness> {
-        let now = SystemTime::now();
+    /// and the response does not forbid serving stale. `now` is the time of
+    /// the request.
+    pub fn on_hit(
+        &self,
+        meta: &CacheMeta,
+        is_fresh: bool,
+        now: SystemTime,
+    ) -> Option<ForcedFreshness> {
         if self.no_cache {
             return Some(ForcedFreshness::ForceExpired);
         }
         if let Some(max) = self.max_age {
-            if meta.age().as_secs() > u64::from(max) {
+            let age = now.duration_since(meta.epoch()).unwrap_or_default();
+            if age.as_secs() > u64::from(max) {
                 return Some(ForcedFreshness::ForceExpired);
             }
         }

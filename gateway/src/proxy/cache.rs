@@ -79,7 +79,7 @@ pub(super) fn storable(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) 
             "request-no-store",
         ));
     }
-    let decision = policy::decide(session.req_header(), resp, rule);
+    let decision = policy::decide(session.req_header(), resp, rule, SystemTime::now());
     ctx.cache.stored = matches!(decision, RespCacheable::Cacheable(_));
     decision
 }
@@ -97,7 +97,10 @@ pub(super) fn on_hit(
     if credentialed.is_some() && !policy::may_serve_authorized(meta) {
         return Some(ForcedFreshness::ForceMiss);
     }
-    let forced = ctx.cache.directives.on_hit(meta, is_fresh);
+    let forced = ctx
+        .cache
+        .directives
+        .on_hit(meta, is_fresh, SystemTime::now());
     ctx.cache.by_request = forced == Some(ForcedFreshness::ForceExpired) && is_fresh;
     forced
 }
