@@ -164,7 +164,12 @@ fn cache_rules_are_checked() {
     assert_refused(
         &with("key: { query: some }"),
         &[],
-        "routes[0].cache.key.query: \"some\": expected all or none",
+        "routes[0].cache.key.query: unknown variant: found `some`, expected ``all` or `none``",
+    );
+    assert_refused(
+        &with("range_miss: later"),
+        &[],
+        "routes[0].cache.range_miss: unknown variant: found `later`, expected ``fill` or `forward``",
     );
     assert_refused(
         &with("bypass: { headers: [\"bad header\"] }"),

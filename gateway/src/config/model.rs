@@ -13,7 +13,7 @@ use http::Method;
 use ipnet::IpNet;
 
 pub use super::raw::CookieRequests;
-use super::raw::{self, CacheSize, RateSpec, RawConfig};
+use super::raw::{self, CacheSize, QueryMode, RangeMiss, RateSpec, RawConfig};
 use super::Invalid;
 
 /// Pingora's own hard cap on request header bytes (`MAX_HEADER_SIZE`).
@@ -737,11 +737,7 @@ fn route_cache(c: &mut Checker, key: &str, rc: &raw::RawRouteCache) -> RouteCach
         }
     }
     let k = &rc.key;
-    let query = match (
-        k.query.as_str(),
-        k.query_allow.is_empty(),
-        k.query_ignore.is_empty(),
-    ) {
+    let query = match (k.query, k.query_allow.is_empty(), k.query_ignore.is_empty()) {
         (_, false, false) => {
             c.fail(
                 format!("{key}.key.query_allow"),
@@ -749,23 +745,16 @@ fn route_cache(c: &mut Checker, key: &str, rc: &raw::RawRouteCache) -> RouteCach
             );
             QueryKey::All
         }
-        ("all", true, true) => QueryKey::All,
-        ("all", false, true) => QueryKey::Allow(k.query_allow.clone()),
-        ("all", true, false) => QueryKey::Ignore(k.query_ignore.clone()),
-        ("none", true, true) => QueryKey::None,
-        ("none", _, _) => {
+        (QueryMode::All, true, true) => QueryKey::All,
+        (QueryMode::All, false, true) => QueryKey::Allow(k.query_allow.clone()),
+        (QueryMode::All, true, false) => QueryKey::Ignore(k.query_ignore.clone()),
+        (QueryMode::None, true, true) => QueryKey::None,
+        (QueryMode::None, _, _) => {
             c.fail(
                 format!("{key}.key.query"),
                 "query: none takes no query_allow / query_ignore",
             );
             QueryKey::None
-        }
-        (other, _, _) => {
-            c.fail(
-                format!("{key}.key.query"),
-                format!("{other:?}: expected all or none"),
-            );
-            QueryKey::All
         }
     };
     RouteCache {
@@ -782,17 +771,7 @@ fn route_cache(c: &mut Checker, key: &str, rc: &raw::RawRouteCache) -> RouteCach
         bypass_cookies: rc.bypass.cookies.clone(),
         bypass_headers: header_names(c, &format!("{key}.bypass.headers"), &rc.bypass.headers),
         cookie_requests: rc.cookie_requests,
-        forward_range_misses: match rc.range_miss.as_str() {
-            "fill" => false,
-            "forward" => true,
-            other => {
-                c.fail(
-                    format!("{key}.range_miss"),
-                    format!("{other:?}: expected fill or forward"),
-                );
-                false
-            }
-        },
+        forward_range_misses: rc.range_miss == RangeMiss::Forward,
     }
 }
 

@@ -414,7 +414,7 @@ pub struct RawRouteCache {
     pub cookie_requests: CookieRequests,
     /// A `Range` request on a miss: `fill` fetches and stores the whole object;
     /// `forward` passes the range upstream and stores nothing (large objects).
-    pub range_miss: String,
+    pub range_miss: RangeMiss,
 }
 
 /// `routes[i].cache.key:`
@@ -422,7 +422,7 @@ pub struct RawRouteCache {
 #[serde(default, deny_unknown_fields)]
 pub struct RawCacheKey {
     /// `all` (sorted) or `none`.
-    pub query: String,
+    pub query: QueryMode,
     /// Only these query parameters count (sorted).
     pub query_allow: Vec<String>,
     /// These query parameters do not count.
@@ -436,7 +436,7 @@ pub struct RawCacheKey {
 impl Default for RawCacheKey {
     fn default() -> Self {
         Self {
-            query: "all".into(),
+            query: QueryMode::All,
             query_allow: Vec::new(),
             query_ignore: Vec::new(),
             headers: Vec::new(),
@@ -470,7 +470,7 @@ impl Default for RawRouteCache {
             key: RawCacheKey::default(),
             bypass: RawBypass::default(),
             cookie_requests: CookieRequests::Shared,
-            range_miss: "fill".into(),
+            range_miss: RangeMiss::Fill,
         }
     }
 }
@@ -604,6 +604,28 @@ impl From<CacheSize> for String {
             CacheSize::Bytes(b) => b.into(),
         }
     }
+}
+
+/// `routes[i].cache.key.query`: whether the query string is part of the key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryMode {
+    /// Every parameter (or those `query_allow` / `query_ignore` leave), sorted.
+    #[default]
+    All,
+    /// None.
+    None,
+}
+
+/// `routes[i].cache.range_miss`: what a `Range` request does on a miss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RangeMiss {
+    /// Fetch and store the whole object, answer the range from it.
+    #[default]
+    Fill,
+    /// Pass the range upstream and store nothing (large objects).
+    Forward,
 }
 
 /// How a cache rule treats requests that carry a `Cookie`.
