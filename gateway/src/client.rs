@@ -42,6 +42,8 @@ pub struct GuardedStream {
     phase: AtomicU8,
     header_timeout: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// Our JSON answer in place of Pingora's bare 400, and how much of it is written.
+    replacing: Option<(Vec<u8>, usize)>,
     _open: OpenConnection,
 }
 
@@ -60,6 +62,7 @@ impl GuardedStream {
             phase: AtomicU8::new(ARMED),
             header_timeout,
             deadline: Box::pin(tokio::time::sleep(header_timeout)),
+            replacing: None,
             _open: open,
         }
     }
@@ -67,21 +70,50 @@ impl GuardedStream {
     /// Best effort: tell the client why the connection closes. Nothing has been
     /// written during a header phase, so the socket buffer takes it at once.
     fn write_timeout_answer(&mut self, cx: &mut Context<'_>) {
-        let id = crate::request_id::generate();
-        let body = crate::error::json_error("request header timeout", id.to_str().unwrap_or("-"));
-        let head = format!(
-            "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nCache-Control: no-store\r\nx-request-id: {}\r\n\
-             Connection: close\r\n\r\n",
-            body.len(),
-            id.to_str().unwrap_or("-")
-        );
-        let mut msg = head.into_bytes();
-        msg.extend_from_slice(&body);
+        let msg = closing_answer("408 Request Timeout", "request header timeout");
         let _ = Pin::new(&mut self.inner).poll_write(cx, &msg);
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
     }
+
+    /// Writes what is left of the replacement answer.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((msg, done)) = &mut self.replacing {
+            if *done == msg.len() {
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &msg[*done..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
+
+/// A complete JSON error answer that closes the connection, with a new request id.
+fn closing_answer(status_line: &str, message: &str) -> Vec<u8> {
+    let id = crate::request_id::generate();
+    let id = id.to_str().unwrap_or("-");
+    let body = crate::error::json_error(message, id);
+    let mut msg = format!(
+        "HTTP/1.1 {status_line}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nCache-Control: no-store\r\nx-request-id: {id}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    msg.extend_from_slice(&body);
+    msg
+}
+
+/// Pingora answers a request it cannot parse (a malformed request line or
+/// header, two `Host` fields, an absolute-form target whose authority differs
+/// from `Host`) with a bare 400 before any proxy hook runs. Such a write, while
+/// no request header has completed, is that answer: the gateway sends its own
+/// JSON 400 with a request id instead, and counts it.
+const PINGORA_400: &[u8] = b"HTTP/1.1 400 ";
 
 fn guarded(session: &Session) -> Option<&GuardedStream> {
     session
@@ -145,7 +177,24 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.replacing.is_none()
+            && this.phase.load(Ordering::Acquire) == ARMED
+            && buf.starts_with(PINGORA_400)
+        {
+            metrics::malformed_request();
+            let msg = closing_answer("400 Bad Request", crate::error::MALFORMED);
+            this.replacing = Some((msg, 0));
+        }
+        if this.replacing.is_some() {
+            // Pingora's own answer is swallowed whole; ours goes out instead.
+            return match this.poll_replacement(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.len())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -158,6 +207,13 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let armed = self.phase.load(Ordering::Acquire) == ARMED;
+        if self.replacing.is_some()
+            || (armed && bufs.first().is_some_and(|b| b.starts_with(PINGORA_400)))
+        {
+            let first = bufs.first().map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

@@ -16,6 +16,9 @@ pub enum GatewayError {
     /// The path has dot or empty segments.
     #[error("non-canonical request path (dot or empty segments)")]
     BadPath,
+    /// An HTTP/1.1 request without `Host`, or with more than one.
+    #[error("missing or repeated Host header (RFC 9112 section 3.2)")]
+    BadHost,
     /// The request could not be read or is malformed.
     #[error("bad request")]
     BadRequest,
@@ -77,7 +80,7 @@ impl GatewayError {
     pub fn status(self) -> u16 {
         match self {
             Self::NoRoute => 404,
-            Self::BadPath | Self::BadRequest => 400,
+            Self::BadPath | Self::BadRequest | Self::BadHost => 400,
             Self::Forbidden => 403,
             Self::RateLimited => 429,
             Self::PurgeNotAllowed => 405,
@@ -97,6 +100,7 @@ impl GatewayError {
             Self::NoRoute => "no_route",
             Self::BadPath => "bad_path",
             Self::BadRequest => "bad_request",
+            Self::BadHost => "bad_host",
             Self::Forbidden => "forbidden",
             Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Self::TooManyHeaders => "too_many_headers",
@@ -160,6 +164,11 @@ impl GatewayError {
         Ok(h)
     }
 }
+
+/// The message of the JSON 400 that replaces Pingora's bare one for a request
+/// it could not parse (see [`crate::client`]).
+pub const MALFORMED: &str =
+    "malformed request (request line, header fields, Host or absolute-form target)";
 
 /// `Custom` error type used when a balancer has no server to offer.
 pub const NO_SERVER: &str = "no upstream server available";

@@ -507,6 +507,13 @@ pub fn connection_rejected() {
     CONNECTIONS_REJECTED.inc();
 }
 
+/// Counts a request Pingora could not parse (answered with a JSON 400).
+pub fn malformed_request() {
+    ERRORS
+        .with_label_values(&[NO_ROUTE, "malformed_request"])
+        .inc();
+}
+
 /// Counts a request header that missed `client.header_timeout`.
 pub fn header_timeout() {
     HEADER_TIMEOUTS.inc();

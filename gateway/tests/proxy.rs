@@ -439,3 +439,82 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         "20 sequential requests used {n} upstream connections"
     );
 }
+
+#[tokio::test]
+async fn host_must_be_there_once_in_http_1_1() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&one_upstream(&origin, "")).await;
+    let cases = [
+        (
+            "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+            "missing or repeated Host header",
+        ),
+        // Pingora refuses two Host fields itself, before any hook.
+        (
+            "GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+            400,
+            "malformed request",
+        ),
+        ("GET /x HTTP/1.0\r\n\r\n", 200, ""),
+        (
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            200,
+            "",
+        ),
+    ];
+    for (req, want, message) in cases {
+        let (status, text) = raw_request(gw.listen, req).await;
+        assert_eq!(status, want, "{req:?}\n{text}");
+        if want == 400 {
+            assert_json_error(&text, message);
+        }
+    }
+    assert_eq!(origin.hits(), 2, "the 400s never reached the origin");
+    gw.wait_metrics(&[
+        r#"gateway_errors_total{kind="bad_host",route="none"} 1"#,
+        r#"gateway_errors_total{kind="malformed_request",route="none"} 1"#,
+    ])
+    .await;
+}
+
+/// A raw answer is a JSON error with `message`, a request id in the body and
+/// the same one in `x-request-id`, and closes the connection.
+fn assert_json_error(text: &str, message: &str) {
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: application/json"), "{text}");
+    assert!(head.contains("connection: close"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert!(v["error"].as_str().unwrap().contains(message), "{text}");
+    let id = v["request_id"].as_str().unwrap();
+    assert!(
+        head.contains(&format!("x-request-id: {}", id.to_ascii_lowercase())),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn requests_pingora_cannot_parse_get_a_json_400_too() {
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&one_upstream(&origin, "")).await;
+    for req in [
+        "GET http://other.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        "GET http://user@a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+    ] {
+        let (status, text) = raw_request(gw.listen, req).await;
+        assert_eq!(status, 400, "{req:?}\n{text}");
+        assert_json_error(&text, "malformed request");
+    }
+    assert_eq!(origin.hits(), 0);
+    gw.wait_metrics(&[r#"gateway_errors_total{kind="malformed_request",route="none"} 3"#])
+        .await;
+    // An absolute-form target that agrees with Host is fine (RFC 9112 §3.2.2).
+    let (status, text) = raw_request(
+        gw.listen,
+        "GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+}

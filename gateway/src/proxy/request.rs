@@ -152,6 +152,12 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
 /// Header count and size, transfer coding, and the declared body size.
 fn check_request(session: &Session, limits: &crate::config::ClientLimits) -> Option<GatewayError> {
     let req = session.req_header();
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (HTTP/1.0 may omit it).
+    if req.version == http::Version::HTTP_11
+        && req.headers.get_all(header::HOST).iter().count() != 1
+    {
+        return Some(GatewayError::BadHost);
+    }
     if req.headers.len() > limits.max_headers {
         return Some(GatewayError::TooManyHeaders);
     }
