@@ -518,3 +518,30 @@ async fn requests_pingora_cannot_parse_get_a_json_400_too() {
     .await;
     assert_eq!(status, 200, "{text}");
 }
+
+#[tokio::test]
+async fn purge_tags_are_stripped_on_every_route_unless_kept() {
+    let origin = Origin::start("a").await;
+    let tagged = "/resp/t?h=Surrogate-Key:item-1&h=Cache-Tag:t";
+    let tags = |gw: &Gateway, path: &str| {
+        let url = gw.url(path);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            let h = r.headers();
+            (h.contains_key("surrogate-key"), h.contains_key("cache-tag"))
+        }
+    };
+    // No cache rule on the route: stripped by default.
+    let gw = Gateway::start(&one_upstream(&origin, "")).await;
+    assert_eq!(tags(&gw, tagged).await, (false, false));
+    // The global switch keeps them; a rule's own setting overrides it.
+    let yaml = one_upstream(
+        &origin,
+        "  - { name: strict, match: { path_prefix: /resp/strict }, upstream: app, cache: { keep_surrogate_keys: false } }",
+    )
+    .replace("upstreams:", "cache: { keep_surrogate_keys: true }\nupstreams:");
+    let gw = Gateway::start(&yaml).await;
+    assert_eq!(tags(&gw, tagged).await, (true, true));
+    let strict = "/resp/strict/t?h=Surrogate-Key:item-1&h=Cache-Tag:t";
+    assert_eq!(tags(&gw, strict).await, (false, false));
+}

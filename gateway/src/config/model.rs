@@ -212,6 +212,9 @@ pub struct Cache {
     pub status_key: bool,
     /// Longest wait behind another request filling the same key.
     pub lock_timeout: Duration,
+    /// Pass `Surrogate-Key` / `Cache-Tag` on to clients on routes without a
+    /// cache rule of their own saying otherwise.
+    pub keep_surrogate_keys: bool,
 }
 
 /// How a route matches the request host.
@@ -518,6 +521,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
         purge_allow: c.nets("cache.purge_allow", &rcache.purge_allow),
         status_key: rcache.status_key,
         lock_timeout: c.positive("cache.lock_timeout", rcache.lock_timeout),
+        keep_surrogate_keys: rcache.keep_surrogate_keys,
     };
 
     if raw.routes.is_empty() {
@@ -533,7 +537,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, rr) in raw.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
-        if let Some(r) = route(&mut c, &key, rr, &index, &mut names) {
+        if let Some(r) = route(&mut c, &key, rr, &index, &mut names, &raw.cache) {
             let up = &upstreams[r.upstream];
             let upstream_limited = up.max_inflight.is_some() || up.adaptive.is_some();
             if r.limits.queue.is_some() && r.limits.max_inflight.is_none() && !upstream_limited {
@@ -730,7 +734,12 @@ fn header_names(c: &mut Checker, key: &str, names: &[String]) -> Vec<http::Heade
     out
 }
 
-fn route_cache(c: &mut Checker, key: &str, rc: &raw::RawRouteCache) -> RouteCache {
+fn route_cache(
+    c: &mut Checker,
+    key: &str,
+    rc: &raw::RawRouteCache,
+    global: &raw::RawCache,
+) -> RouteCache {
     if let (Some(min), Some(max)) = (rc.min_ttl, rc.max_ttl) {
         if min > max {
             c.fail(format!("{key}.min_ttl"), "must not exceed max_ttl");
@@ -762,7 +771,7 @@ fn route_cache(c: &mut Checker, key: &str, rc: &raw::RawRouteCache) -> RouteCach
         stale_while_revalidate: rc.stale_while_revalidate,
         stale_if_error: rc.stale_if_error,
         cache_set_cookie: rc.cache_set_cookie,
-        keep_surrogate_keys: rc.keep_surrogate_keys,
+        keep_surrogate_keys: rc.keep_surrogate_keys.unwrap_or(global.keep_surrogate_keys),
         min_ttl: rc.min_ttl,
         max_ttl: rc.max_ttl,
         query,
@@ -843,6 +852,7 @@ fn route(
     rr: &raw::RawRoute,
     upstreams: &BTreeMap<&str, usize>,
     names: &mut HashSet<String>,
+    global_cache: &raw::RawCache,
 ) -> Option<Route> {
     if rr.name.is_empty() {
         c.fail(format!("{key}.name"), "is required");
@@ -965,7 +975,7 @@ fn route(
         .cache
         .as_ref()
         .filter(|rc| rc.enabled)
-        .map(|rc| route_cache(c, &format!("{key}.cache"), rc));
+        .map(|rc| route_cache(c, &format!("{key}.cache"), rc, global_cache));
 
     let rl = &rr.limits;
     let limits = RouteLimits {

@@ -320,6 +320,9 @@ pub struct RawCache {
     /// response, then go upstream themselves.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
+    /// Pass `Surrogate-Key` / `Cache-Tag` on to clients (on every route; a
+    /// cache rule's own `keep_surrogate_keys` overrides it).
+    pub keep_surrogate_keys: bool,
 }
 
 impl Default for RawCache {
@@ -330,6 +333,7 @@ impl Default for RawCache {
             purge_allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
             status_key: false,
             lock_timeout: Duration::from_secs(5),
+            keep_surrogate_keys: false,
         }
     }
 }
@@ -395,8 +399,9 @@ pub struct RawRouteCache {
     pub stale_if_error: Option<Duration>,
     /// Store responses that carry `Set-Cookie` (and the cookie with them).
     pub cache_set_cookie: bool,
-    /// Pass `Surrogate-Key` / `Cache-Tag` from the origin on to clients.
-    pub keep_surrogate_keys: bool,
+    /// Pass `Surrogate-Key` / `Cache-Tag` from the origin on to clients on
+    /// this route; absent = `cache.keep_surrogate_keys`.
+    pub keep_surrogate_keys: Option<bool>,
     /// Shortest freshness lifetime given to a storable response.
     #[serde(with = "humantime_serde")]
     pub min_ttl: Option<Duration>,
@@ -463,7 +468,7 @@ impl Default for RawRouteCache {
             stale_while_revalidate: None,
             stale_if_error: None,
             cache_set_cookie: false,
-            keep_surrogate_keys: false,
+            keep_surrogate_keys: None,
             min_ttl: None,
             max_ttl: None,
             heuristic: true,

@@ -13,9 +13,6 @@ use super::Ctx;
 use crate::cache::{self, policy, CacheOutcome};
 use crate::config::RouteCache;
 
-/// `Surrogate-Key` and `Cache-Tag`: purge tags meant for the cache, not clients.
-const TAG_HEADERS: [&str; 2] = ["surrogate-key", "cache-tag"];
-
 fn rule(ctx: &Ctx) -> Option<&RouteCache> {
     let (snap, route) = ctx.routed()?;
     snap.config.routes[route].cache.as_ref()
@@ -114,13 +111,10 @@ pub(super) async fn only_if_cached(session: &mut Session, ctx: &mut Ctx) -> Resu
     Ok(true)
 }
 
-/// `Cache-Status`, `X-Cache`, and purge tags stripped, on responses of caching routes.
+/// `Cache-Status` and `X-Cache` on responses of caching routes.
 pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-    let Some(rule) = rule(ctx) else { return Ok(()) };
-    if !rule.keep_surrogate_keys {
-        for h in TAG_HEADERS {
-            resp.remove_header(h);
-        }
+    if rule(ctx).is_none() {
+        return Ok(());
     }
     let phase = CacheOutcome::from_phase(&session.cache.phase());
     let Some((outcome, detail)) = phase.or(ctx

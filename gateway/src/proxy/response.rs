@@ -9,13 +9,28 @@ use crate::error::GatewayError;
 use crate::hop_by_hop;
 use crate::request_id;
 
-/// Headers of every proxied (or cached) response: hop-by-hop ones gone, request id set.
+/// `Surrogate-Key` and `Cache-Tag`: purge tags meant for caches, not clients.
+const TAG_HEADERS: [&str; 2] = ["surrogate-key", "cache-tag"];
+
+/// Headers of every proxied (or cached) response: hop-by-hop ones gone, purge
+/// tags gone (unless `keep_surrogate_keys`), request id set.
 pub(super) fn prepare_response(
     _session: &Session,
     resp: &mut ResponseHeader,
     ctx: &Ctx,
 ) -> Result<()> {
     hop_by_hop::strip_response(resp);
+    let keep_tags =
+        ctx.routed()
+            .is_some_and(|(snap, route)| match &snap.config.routes[route].cache {
+                Some(rule) => rule.keep_surrogate_keys,
+                None => snap.config.cache.keep_surrogate_keys,
+            });
+    if !keep_tags {
+        for h in TAG_HEADERS {
+            resp.remove_header(h);
+        }
+    }
     resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;
     Ok(())
 }
