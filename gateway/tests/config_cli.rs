@@ -221,6 +221,64 @@ fn environment_overrides_the_file() {
     assert_eq!(code, 0, "{err}");
 }
 
+#[test]
+fn stray_gateway_variables_are_ignored_with_a_warning() {
+    // The README's `GATEWAY_PORT=8081 ./scripts/stack` used to reach the
+    // gateway and stop it with "unknown field".
+    let env = [
+        ("GATEWAY_PORT", "8081"),
+        ("GATEWAY_ADMIN_TOKEN", "single-underscore"),
+        ("RUST_LOG", "warn"),
+    ];
+    let (code, out, err, _) = check(GOOD, &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("is valid"), "{out}");
+    for name in ["GATEWAY_PORT", "GATEWAY_ADMIN_TOKEN"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("ignoring environment variable") && l.contains(name)),
+            "no warning naming {name} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn a_variable_naming_a_top_level_key_is_still_strict() {
+    assert_refused(
+        GOOD,
+        &[("GATEWAY_ADMIN__TOKN", "0123456789abcdef-token")],
+        "",
+    );
+    let (_, _, err, _) = check(GOOD, &[("GATEWAY_ADMIN__TOKN", "0123456789abcdef-token")]);
+    assert!(
+        err.contains("environment variable GATEWAY_ADMIN__TOKN: admin.tokn: unknown field"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_stray_variable_does_not_stop_a_start() {
+    let origin = Origin::start("a").await;
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+upstreams: {{ app: {{ servers: ["{}"] }} }}
+routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
+"#,
+        origin.addr
+    );
+    let gw = Gateway::start_with_env(&yaml, &[("GATEWAY_PORT", "8081")]).await;
+    let r = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-origin"], "a");
+    let err = gw.stderr();
+    assert!(
+        err.contains("ignoring environment variable GATEWAY_PORT"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn the_listen_address_can_come_from_the_environment() {
     let origin = Origin::start("a").await;
