@@ -171,10 +171,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(check_path(&dir.path().join("a/b/gateway.pid"), false).is_ok());
         assert!(check_path(&dir.path().join("gateway.pid"), false).is_ok());
-        assert_eq!(
-            check_path(dir.path(), false).unwrap_err(),
-            "is a directory"
-        );
+        assert_eq!(check_path(dir.path(), false).unwrap_err(), "is a directory");
     }
 
     #[test]

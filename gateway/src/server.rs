@@ -41,9 +41,6 @@ pub fn main(cli: Cli) -> ExitCode {
         println!("configuration {} is valid", cli.conf.display());
         return ExitCode::SUCCESS;
     }
-    if let Err(code) = refuse(&cli, preflight::prepare(&config)) {
-        return code;
-    }
     // A new binary taking over (-u) receives bound sockets from the old one.
     if !cli.upgrade {
         for (key, addr) in [
@@ -58,6 +55,9 @@ pub fn main(cli: Cli) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
+    }
+    if let Err(code) = refuse(&cli, preflight::prepare(&config)) {
+        return code;
     }
     exit_on_listener_panic();
     metrics::init();

@@ -251,7 +251,13 @@ routes:
 
     #[test]
     fn only_variables_naming_a_top_level_key_are_configuration() {
-        for key in ["LISTEN", "listen", "ADMIN__TOKEN", "ADMIN__TOKN", "ROUTES__0__NAME"] {
+        for key in [
+            "LISTEN",
+            "listen",
+            "ADMIN__TOKEN",
+            "ADMIN__TOKN",
+            "ROUTES__0__NAME",
+        ] {
             assert!(is_config_var(key), "{key}");
         }
         for key in ["PORT", "ADMIN_TOKEN", "", "__LISTEN", "LISTENER"] {
