@@ -742,6 +742,12 @@ impl Load {
 /// every tool) the test fails; elsewhere it says it was skipped and the caller
 /// returns early. The one place where a tool-dependent test decides that.
 pub fn require_tool(name: &str) -> bool {
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    require_tool_under(name, ci)
+}
+
+/// [`require_tool`] with the CI decision made by the caller (for its own test).
+pub fn require_tool_under(name: &str, ci: bool) -> bool {
     let found = Command::new(name)
         .arg("--version")
         .stdout(Stdio::null())
@@ -751,7 +757,6 @@ pub fn require_tool(name: &str) -> bool {
     if found {
         return true;
     }
-    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
     assert!(
         !ci,
         "{name} is not installed and CI is set: scripts/test installs it (as root with apt-get)"
