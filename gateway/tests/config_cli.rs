@@ -53,6 +53,15 @@ fn a_good_file_and_the_shipped_file_pass() {
 }
 
 #[test]
+fn the_shipped_file_trusts_no_proxy() {
+    // A 10.x VPC trusted by default lets any host there spoof X-Forwarded-For.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/gateway.yaml");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    let c = gateway::config::from_yaml_str(&text).unwrap();
+    assert!(c.trusted_proxies.is_empty(), "{:?}", c.trusted_proxies);
+}
+
+#[test]
 fn a_missing_file_says_so() {
     let (code, _, err) = run_gateway(&["-t", "-c", "/nonexistent/gw.yaml"], &[]);
     assert_ne!(code, 0);
