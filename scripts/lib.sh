@@ -102,3 +102,69 @@ ensure_test_tools() {
   fi
   say "${still[*]} not installed: the tests that need them will say \"skipped\" (as root, scripts/test installs ${missing_pkgs[*]})"
 }
+
+# A small supervisor for scripts/stack. Each component NAME is started by a
+# function `run_NAME` that the caller defines (it should `exec` the program, so
+# that the job's pid is the program's). A component that exits is named and
+# restarted after STACK_RESTART_DELAY seconds; one that exits
+# STACK_MAX_EXITS times within STACK_RESTART_WINDOW seconds is given up on:
+# sup_loop then returns 1 with its name in SUP_GAVE_UP. sup_stop stops them all.
+STACK_RESTART_DELAY=${STACK_RESTART_DELAY:-1}
+STACK_MAX_EXITS=${STACK_MAX_EXITS:-5}
+STACK_RESTART_WINDOW=${STACK_RESTART_WINDOW:-30}
+declare -A SUP_PID=() SUP_EXITS=()
+SUP_GAVE_UP=""
+
+# sup_start NAME...: starts each component in the background.
+sup_start() {
+  local name
+  for name in "$@"; do
+    "run_$name" &
+    SUP_PID[$name]=$!
+  done
+}
+
+# sup_loop: watches the components (every 0.2 s: `wait -n` misses a job that
+# ended before it was called) and restarts one that exited; returns 1 when one
+# exits too often (SUP_GAVE_UP names it).
+sup_loop() {
+  local name status now t recent
+  while :; do
+    for name in "${!SUP_PID[@]}"; do
+      if kill -0 "${SUP_PID[$name]}" 2>/dev/null; then
+        continue
+      fi
+      status=0
+      wait "${SUP_PID[$name]}" 2>/dev/null || status=$?
+      now=$SECONDS
+      recent=()
+      for t in ${SUP_EXITS[$name]:-} "$now"; do
+        if (( now - t < STACK_RESTART_WINDOW )); then
+          recent+=("$t")
+        fi
+      done
+      SUP_EXITS[$name]="${recent[*]}"
+      if (( ${#recent[@]} >= STACK_MAX_EXITS )); then
+        say "$name exited (status $status), ${#recent[@]} times within ${STACK_RESTART_WINDOW}s: giving up"
+        unset "SUP_PID[$name]"
+        # shellcheck disable=SC2034  # read by the caller
+        SUP_GAVE_UP=$name
+        return 1
+      fi
+      say "$name exited (status $status); restarting it in ${STACK_RESTART_DELAY}s"
+      sleep "$STACK_RESTART_DELAY"
+      sup_start "$name"
+      say "$name restarted (pid ${SUP_PID[$name]})"
+    done
+    sleep 0.2
+  done
+}
+
+# sup_stop: asks every running component to stop (SIGTERM) and waits for them.
+sup_stop() {
+  local pid
+  for pid in "${SUP_PID[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
