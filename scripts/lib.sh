@@ -43,3 +43,128 @@ wait_http() {
   done
   return 1
 }
+
+# apt_install_no_start PKG...: apt-get install that starts no service. While it
+# runs, /usr/sbin/policy-rc.d answers 101 ("action forbidden") to invoke-rc.d
+# and deb-systemd-invoke, so a package such as prometheus cannot start a server
+# (that we would then have to find and stop); a policy that was there before
+# is put back afterwards, also on Ctrl-C.
+apt_install_no_start() {
+  local policy=/usr/sbin/policy-rc.d saved="" rc=0
+  if [ -e "$policy" ]; then
+    saved=$(mktemp "$policy.saved.XXXXXX") && cp -p "$policy" "$saved" || return 1
+  fi
+  # shellcheck disable=SC2064  # expand now: the paths are fixed for this call
+  trap "$(_restore_policy_cmd "$policy" "$saved"); exit 130" INT TERM
+  printf '#!/bin/sh\n# written by scripts/test while it installs test tools\nexit 101\n' >"$policy"
+  chmod 0755 "$policy"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null || rc=$?
+  eval "$(_restore_policy_cmd "$policy" "$saved")"
+  trap - INT TERM
+  return "$rc"
+}
+
+_restore_policy_cmd() {
+  if [ -n "$2" ]; then
+    printf 'mv -f %q %q' "$2" "$1"
+  else
+    printf 'rm -f %q' "$1"
+  fi
+}
+
+# The external tools that tests run, as TOOL:DEBIAN_PACKAGE.
+TEST_TOOLS=(promtool:prometheus systemd-analyze:systemd)
+
+# ensure_test_tools: installs the missing TEST_TOOLS (root with apt-get, no
+# service started). Under CI (CI non-empty) a tool still missing is an error,
+# as it is for the tests themselves; elsewhere those tests say "skipped".
+ensure_test_tools() {
+  local entry tool missing_tools=() missing_pkgs=() still=()
+  for entry in "${TEST_TOOLS[@]}"; do
+    tool=${entry%%:*}
+    if ! command -v "$tool" >/dev/null 2>&1; then
+      missing_tools+=("$tool")
+      missing_pkgs+=("${entry#*:}")
+    fi
+  done
+  [ ${#missing_tools[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${missing_pkgs[*]} (for ${missing_tools[*]}) with apt-get; no service is started"
+    apt-get update -qq >/dev/null || say "apt-get update failed; trying the install anyway"
+    apt_install_no_start "${missing_pkgs[@]}" || say "apt-get install ${missing_pkgs[*]} failed"
+  fi
+  for tool in "${missing_tools[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || still+=("$tool")
+  done
+  [ ${#still[@]} -eq 0 ] && return 0
+  if [ -n "${CI:-}" ]; then
+    die "CI is set and ${still[*]} not installed: the tests need them. Run as root on Debian/Ubuntu (scripts/test installs ${missing_pkgs[*]} with apt-get), or install them first."
+  fi
+  say "${still[*]} not installed: the tests that need them will say \"skipped\" (as root, scripts/test installs ${missing_pkgs[*]})"
+}
+
+# A small supervisor for scripts/stack. Each component NAME is started by a
+# function `run_NAME` that the caller defines (it should `exec` the program, so
+# that the job's pid is the program's). A component that exits is named and
+# restarted after STACK_RESTART_DELAY seconds; one that exits
+# STACK_MAX_EXITS times within STACK_RESTART_WINDOW seconds is given up on:
+# sup_loop then returns 1 with its name in SUP_GAVE_UP. sup_stop stops them all.
+STACK_RESTART_DELAY=${STACK_RESTART_DELAY:-1}
+STACK_MAX_EXITS=${STACK_MAX_EXITS:-5}
+STACK_RESTART_WINDOW=${STACK_RESTART_WINDOW:-30}
+declare -A SUP_PID=() SUP_EXITS=()
+SUP_GAVE_UP=""
+
+# sup_start NAME...: starts each component in the background.
+sup_start() {
+  local name
+  for name in "$@"; do
+    "run_$name" &
+    SUP_PID[$name]=$!
+  done
+}
+
+# sup_loop: watches the components (every 0.2 s: `wait -n` misses a job that
+# ended before it was called) and restarts one that exited; returns 1 when one
+# exits too often (SUP_GAVE_UP names it).
+sup_loop() {
+  local name status now t recent
+  while :; do
+    for name in "${!SUP_PID[@]}"; do
+      if kill -0 "${SUP_PID[$name]}" 2>/dev/null; then
+        continue
+      fi
+      status=0
+      wait "${SUP_PID[$name]}" 2>/dev/null || status=$?
+      now=$SECONDS
+      recent=()
+      for t in ${SUP_EXITS[$name]:-} "$now"; do
+        if (( now - t < STACK_RESTART_WINDOW )); then
+          recent+=("$t")
+        fi
+      done
+      SUP_EXITS[$name]="${recent[*]}"
+      if (( ${#recent[@]} >= STACK_MAX_EXITS )); then
+        say "$name exited (status $status), ${#recent[@]} times within ${STACK_RESTART_WINDOW}s: giving up"
+        unset "SUP_PID[$name]"
+        # shellcheck disable=SC2034  # read by the caller
+        SUP_GAVE_UP=$name
+        return 1
+      fi
+      say "$name exited (status $status); restarting it in ${STACK_RESTART_DELAY}s"
+      sleep "$STACK_RESTART_DELAY"
+      sup_start "$name"
+      say "$name restarted (pid ${SUP_PID[$name]})"
+    done
+    sleep 0.2
+  done
+}
+
+# sup_stop: asks every running component to stop (SIGTERM) and waits for them.
+sup_stop() {
+  local pid
+  for pid in "${SUP_PID[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}

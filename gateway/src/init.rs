@@ -90,6 +90,8 @@ const TEMPLATE: &str = r#"# Gateway configuration for the app on @UPSTREAM@, wri
 # only. Every key is described in the README's configuration reference;
 # environment variables override the file: GATEWAY_<KEY>, `__` between levels
 # (GATEWAY_LISTEN=0.0.0.0:8080, GATEWAY_ADMIN__TOKEN_FILE=/etc/gateway/admin-token).
+# Only variables whose first segment names a top-level key are read; other
+# GATEWAY_* variables are ignored with a warning naming them.
 # Durations: 250ms, 2s, 5m, 1h. Sizes: 64KiB, 256MiB, 1GiB.
 
 # Public listener, IP:port (below 1024 needs root or CAP_NET_BIND_SERVICE,
@@ -97,9 +99,10 @@ const TEMPLATE: &str = r#"# Gateway configuration for the app on @UPSTREAM@, wri
 listen: "@LISTEN@"
 # Worker threads of the proxy: one per core. [restart]
 threads: 2
-# Pid file and the socket a new binary (-u) takes the listeners over; the
-# directory must be writable by the gateway's user (systemd: RuntimeDirectory).
-# [restart]
+# Pid file and the socket a new binary (-u) takes the listeners over. -t and
+# a start check that the running user can write their directories (systemd:
+# RuntimeDirectory); as a non-root user set GATEWAY_PID_FILE and
+# GATEWAY_UPGRADE_SOCK to paths you own. [restart]
 pid_file: /run/gateway/gateway.pid
 upgrade_sock: /run/gateway/upgrade.sock
 

@@ -22,6 +22,7 @@
 //! - [`ratelimit`]: per-client rate limits (GCRA), bounded memory.
 //! - [`limits`]: concurrency limits and FIFO queues (per route, per upstream).
 //! - [`lifecycle`]: signals (reload, drain, upgrade), pid file.
+//! - [`preflight`]: can the running user write the pid file, upgrade socket, access log.
 //! - [`server`]: wiring of the Pingora server from a config, and process start.
 
 pub mod access_log;
@@ -41,6 +42,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod outcome;
+pub mod preflight;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request_id;

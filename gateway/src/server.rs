@@ -20,6 +20,7 @@ use crate::client::GuardedApp;
 use crate::config::{self, Config};
 use crate::lifecycle::{PidFile, Signals};
 use crate::metrics;
+use crate::preflight;
 use crate::proxy::Gateway;
 use crate::state::Shared;
 
@@ -60,6 +61,10 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The same check for -t and a start: can this user write where the file says?
+    if let Err(code) = refuse(&cli, preflight::check(&config)) {
+        return code;
+    }
     if cli.test {
         println!("configuration {} is valid", cli.conf.display());
         return ExitCode::SUCCESS;
@@ -78,6 +83,9 @@ pub fn main(cli: Cli) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
+    }
+    if let Err(code) = refuse(&cli, preflight::prepare(&config)) {
+        return code;
     }
     exit_on_listener_panic();
     metrics::init();
@@ -110,6 +118,16 @@ pub fn main(cli: Cli) -> ExitCode {
     });
     pid_file.remove();
     ExitCode::SUCCESS
+}
+
+/// Prints `problems` as a refused configuration; `Err` with the exit code if any.
+fn refuse(cli: &Cli, problems: Vec<config::Invalid>) -> Result<(), ExitCode> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let e = config::ConfigError::Invalid(cli.conf.display().to_string(), problems);
+    eprintln!("invalid configuration: {e}");
+    Err(ExitCode::from(EXIT_CONFIG))
 }
 
 /// The Pingora server with the proxy and admin services of `shared`'s snapshot.

@@ -40,8 +40,25 @@ fn a_good_file_and_the_shipped_file_pass() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("is valid"), "{out}");
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/gateway.yaml");
-    let (code, _, err) = run_gateway(&["-t", "-c", shipped], &[]);
+    // -t also checks that this user can write the pid file and upgrade socket
+    // (/run/gateway in the file): as the README says, a non-root user moves them.
+    let dir = tempfile::tempdir().unwrap();
+    let (pid, sock) = (dir.path().join("gw.pid"), dir.path().join("gw.sock"));
+    let env = [
+        ("GATEWAY_PID_FILE", pid.to_str().unwrap()),
+        ("GATEWAY_UPGRADE_SOCK", sock.to_str().unwrap()),
+    ];
+    let (code, _, err) = run_gateway(&["-t", "-c", shipped], &env);
     assert_eq!(code, 0, "conf/gateway.yaml must be valid: {err}");
+}
+
+#[test]
+fn the_shipped_file_trusts_no_proxy() {
+    // A 10.x VPC trusted by default lets any host there spoof X-Forwarded-For.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/gateway.yaml");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    let c = gateway::config::from_yaml_str(&text).unwrap();
+    assert!(c.trusted_proxies.is_empty(), "{:?}", c.trusted_proxies);
 }
 
 #[test]
@@ -226,6 +243,62 @@ fn environment_overrides_the_file() {
     assert_eq!(code, 0, "{err}");
 }
 
+#[test]
+fn stray_gateway_variables_are_ignored_with_a_warning() {
+    // The README's `GATEWAY_PORT=8081 ./scripts/stack` used to reach the
+    // gateway and stop it with "unknown field".
+    let env = [
+        ("GATEWAY_PORT", "8081"),
+        ("GATEWAY_ADMIN_TOKEN", "single-underscore"),
+        ("RUST_LOG", "warn"),
+    ];
+    let (code, out, err, _) = check(GOOD, &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("is valid"), "{out}");
+    for name in ["GATEWAY_PORT", "GATEWAY_ADMIN_TOKEN"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("ignoring environment variable") && l.contains(name)),
+            "no warning naming {name} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn a_variable_naming_a_top_level_key_is_still_strict() {
+    let (code, _, err, _) = check(GOOD, &[("GATEWAY_ADMIN__TOKN", "0123456789abcdef-token")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with(
+            "invalid configuration: environment variable GATEWAY_ADMIN__TOKN: admin.tokn: unknown field"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_stray_variable_does_not_stop_a_start() {
+    let origin = Origin::start("a").await;
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+upstreams: {{ app: {{ servers: ["{}"] }} }}
+routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
+"#,
+        origin.addr
+    );
+    let gw = Gateway::start_with_env(&yaml, &[("GATEWAY_PORT", "8081")]).await;
+    let r = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-origin"], "a");
+    let err = gw.stderr();
+    assert!(
+        err.contains("ignoring environment variable GATEWAY_PORT"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn the_listen_address_can_come_from_the_environment() {
     let origin = Origin::start("a").await;
@@ -263,6 +336,151 @@ fn a_listener_that_cannot_bind_exits_with_a_message() {
     assert_ne!(code, 0);
     assert!(
         err.contains(&format!("cannot listen on {addr} (listen in")),
+        "{err}"
+    );
+}
+
+/// A file, and a path through it: its directory can never be created, whoever runs.
+fn path_through_a_file(dir: &std::path::Path) -> String {
+    let file = dir.join("plain-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    file.join("sub").join("x").to_str().unwrap().to_owned()
+}
+
+#[test]
+fn t_checks_that_the_files_it_will_write_can_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = path_through_a_file(dir.path());
+    let file = dir.path().join("plain-file");
+    let ok = dir.path().join("run");
+    let ok_pid = ok.join("gw.pid");
+    let ok_sock = ok.join("gw.sock");
+    let (ok_pid, ok_sock) = (ok_pid.to_str().unwrap(), ok_sock.to_str().unwrap());
+    for (key, var) in [
+        ("pid_file", "GATEWAY_PID_FILE"),
+        ("upgrade_sock", "GATEWAY_UPGRADE_SOCK"),
+        ("access_log.path", "GATEWAY_ACCESS_LOG__PATH"),
+    ] {
+        let mut env = vec![
+            ("GATEWAY_PID_FILE", ok_pid),
+            ("GATEWAY_UPGRADE_SOCK", ok_sock),
+        ];
+        env.retain(|(k, _)| *k != var);
+        env.push((var, bad.as_str()));
+        let want = format!(
+            "{key}: \"{bad}\": directory {} cannot be created: {} is not a directory",
+            std::path::Path::new(&bad).parent().unwrap().display(),
+            file.display()
+        );
+        assert_refused(GOOD, &env, &want);
+        let (code, _, err, _) = check(GOOD, &env);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&format!("set {key} (or {var})")), "{err}");
+    }
+    // The same paths in a writable place pass (and -t creates nothing).
+    let log = ok.join("access.log");
+    let env = [
+        ("GATEWAY_PID_FILE", ok_pid),
+        ("GATEWAY_UPGRADE_SOCK", ok_sock),
+        ("GATEWAY_ACCESS_LOG__PATH", log.to_str().unwrap()),
+    ];
+    let (code, _, err, _) = check(GOOD, &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(!ok.exists(), "-t must not create {}", ok.display());
+}
+
+#[test]
+fn a_start_refuses_an_unwritable_pid_file_with_the_same_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = path_through_a_file(dir.path());
+    let yaml = GOOD
+        .replace("127.0.0.1:18080", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:19180", &format!("127.0.0.1:{}", free_port()));
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let p = path.to_str().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let env = [
+        ("GATEWAY_PID_FILE", bad.as_str()),
+        ("GATEWAY_UPGRADE_SOCK", sock.to_str().unwrap()),
+    ];
+    let (code, _, err) = run_gateway(&["-c", p], &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.starts_with(&format!("invalid configuration: {p}: pid_file: \"{bad}\"")),
+        "{err}"
+    );
+}
+
+/// Runs the gateway as an unprivileged user: `nobody` (uid 65534) through
+/// setpriv when the tests run as root, else as the current user. `None` when
+/// setpriv is missing outside CI (skipped).
+fn run_unprivileged(args: &[&str], env: &[(&str, &str)]) -> Option<(i32, String, String)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some(run_gateway(args, env));
+    }
+    if !require_tool("setpriv") {
+        return None;
+    }
+    Some(run_gateway_via(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        args,
+        env,
+    ))
+}
+
+#[test]
+fn the_shipped_file_as_an_unprivileged_user_needs_writable_run_paths() {
+    // The README's run command as a non-root user: the shipped /run/gateway
+    // paths are refused by -t (they used to pass -t and fail at start) ...
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/gateway.yaml");
+    let Some((code, _, err)) = run_unprivileged(&["-t", "-c", shipped], &[]) else {
+        return;
+    };
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("pid_file: \"/run/gateway/gateway.pid\": directory /run/gateway"),
+        "{err}"
+    );
+    assert!(err.contains("is not writable by this user"), "{err}");
+    // ... and pass with GATEWAY_PID_FILE / GATEWAY_UPGRADE_SOCK in a directory
+    // the user owns, as the README says.
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pid = dir.path().join("gw.pid");
+    let sock = dir.path().join("gw.sock");
+    let env = [
+        ("GATEWAY_PID_FILE", pid.to_str().unwrap()),
+        ("GATEWAY_UPGRADE_SOCK", sock.to_str().unwrap()),
+    ];
+    let (code, out, err) = run_unprivileged(&["-t", "-c", shipped], &env).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("is valid"), "{out}");
+
+    // A directory that exists but is read-only for this user is refused too.
+    let ro = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(ro.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let ro_pid = ro.path().join("gw.pid");
+    let env = [
+        ("GATEWAY_PID_FILE", ro_pid.to_str().unwrap()),
+        ("GATEWAY_UPGRADE_SOCK", sock.to_str().unwrap()),
+    ];
+    let (code, _, err) = run_unprivileged(&["-t", "-c", shipped], &env).unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "pid_file: \"{}\": directory {} is not writable by this user",
+            ro_pid.display(),
+            ro.path().display()
+        )),
         "{err}"
     );
 }

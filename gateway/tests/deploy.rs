@@ -1,5 +1,7 @@
 //! The shipped systemd unit: valid for `systemd-analyze verify`, and its stop
-//! timeout covers the shipped grace period.
+//! timeout covers the shipped grace period. The Prometheus files and /metrics
+//! pass promtool. A missing tool fails the test under CI, and is reported as
+//! skipped elsewhere (`common::require_tool`).
 
 mod common;
 
@@ -13,12 +15,10 @@ const UNIT: &str = concat!(
 const CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/gateway.yaml");
 
 #[test]
-fn systemd_unit_verifies_when_systemd_analyze_exists() {
-    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("systemd-analyze not installed: skipped");
+fn systemd_unit_verifies_with_systemd_analyze() {
+    if !common::require_tool("systemd-analyze") {
         return;
-    };
-    assert!(out.status.success());
+    }
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart's binary exists: point it at the one under test.
     let unit = std::fs::read_to_string(UNIT).unwrap().replace(
@@ -38,6 +38,20 @@ fn systemd_unit_verifies_when_systemd_analyze_exists() {
         !stderr.contains("gateway.service"),
         "warnings about the unit: {stderr}"
     );
+}
+
+#[test]
+fn a_missing_tool_fails_under_ci_and_is_skipped_elsewhere() {
+    let tool = "no-such-tool-for-gateway-tests";
+    assert!(!common::require_tool_under(tool, false));
+    let under_ci = std::panic::catch_unwind(|| common::require_tool_under(tool, true));
+    let msg = under_ci.expect_err("a missing tool must fail under CI");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("{tool} is not installed and CI is set")),
+        "{msg}"
+    );
+    assert!(common::require_tool_under("bash", true));
 }
 
 #[test]
@@ -70,20 +84,9 @@ const DASHBOARD: &str = concat!(
     "/../deploy/grafana/gateway.json"
 );
 
-fn promtool() -> bool {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("promtool not installed (scripts/test installs Debian's prometheus package as root): promtool checks skipped");
-    }
-    found
-}
-
 #[test]
 fn prometheus_config_and_alert_rules_pass_promtool() {
-    if !promtool() {
+    if !common::require_tool("promtool") {
         return;
     }
     for args in [
@@ -106,7 +109,7 @@ fn prometheus_config_and_alert_rules_pass_promtool() {
 
 #[tokio::test]
 async fn the_metrics_endpoint_passes_promtool_check_metrics() {
-    if !promtool() {
+    if !common::require_tool("promtool") {
         return;
     }
     let origin = common::Origin::start("a").await;

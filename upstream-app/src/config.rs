@@ -163,7 +163,8 @@ pub struct RawRedis {
 impl Default for RawRedis {
     fn default() -> Self {
         Self {
-            url: "redis://127.0.0.1:6379/0".into(),
+            // scripts/stack's own Redis, never a system one on 6379.
+            url: "redis://127.0.0.1:6380/0".into(),
             max_size: 50,
             min_idle: None,
             connection_timeout: Duration::from_secs(1),
@@ -296,7 +297,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     if redis::parse_redis_url(&r.url).is_none() {
         return Err(bad(
             "url",
-            "must be a redis:// URL, e.g. redis://127.0.0.1:6379/0",
+            "must be a redis:// URL, e.g. redis://127.0.0.1:6380/0",
         ));
     }
     if r.max_size == 0 {
@@ -377,5 +378,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("redis.url: must be a redis:// URL"), "{e}");
+    }
+
+    /// Following the README must never write into a Redis the machine already
+    /// runs on the standard port: both the built-in default and the shipped
+    /// file use 6380, the stack's own Redis.
+    #[test]
+    fn the_default_and_the_shipped_file_use_the_stacks_redis() {
+        let c = from_yaml_str("{}").unwrap();
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6380/0");
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/upstream-app.yaml");
+        let c = from_yaml_str(&std::fs::read_to_string(shipped).unwrap()).unwrap();
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6380/0");
     }
 }

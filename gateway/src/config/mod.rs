@@ -15,10 +15,41 @@ use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 
 pub use model::*;
-pub use raw::RawConfig;
+pub use raw::{RawConfig, TOP_LEVEL_KEYS};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "GATEWAY_";
+
+/// Whether `key`, a `GATEWAY_` variable's name without the prefix (any case),
+/// overrides the configuration: its first segment (before the first `__`)
+/// names a top-level key. Such variables are parsed strictly, so that
+/// `GATEWAY_ADMIN__TOKN` is refused with its key path; any other `GATEWAY_*`
+/// variable (`GATEWAY_PORT` of a wrapper script, say) is not configuration.
+pub fn is_config_var(key: &str) -> bool {
+    let first = key.split("__").next().unwrap_or_default();
+    TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(first))
+}
+
+/// The variables among `names` that start with [`ENV_PREFIX`] (any case, as
+/// figment matches it) but are not configuration: [`load`] ignores them and
+/// warns about each.
+pub fn ignored_env_vars<I, S>(names: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let name = name.as_ref().trim();
+            let key = name
+                .get(..ENV_PREFIX.len())
+                .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                .map(|_| &name[ENV_PREFIX.len()..])?;
+            (!is_config_var(key)).then(|| name.to_owned())
+        })
+        .collect()
+}
 
 /// One semantic problem, at one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,15 +94,28 @@ impl fmt::Display for Lines<'_> {
 }
 
 /// Loads `path`, applies `GATEWAY_*` environment overrides, and validates.
+///
+/// Only variables whose first segment names a top-level key are read (see
+/// [`is_config_var`]); every other `GATEWAY_*` variable is ignored with a
+/// warning naming it, at each load (`-t`, start and SIGHUP reload).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     // figment silently treats a missing file as empty: check first.
     std::fs::metadata(path).map_err(|source| ConfigError::Unreadable {
         path: path.to_owned(),
         source,
     })?;
-    let figment = Figment::new()
-        .merge(Yaml::file_exact(path))
-        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    let names = std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned());
+    for name in ignored_env_vars(names) {
+        tracing::warn!(
+            "ignoring environment variable {name}: not a configuration key \
+             (GATEWAY_<KEY> needs a top-level key: {})",
+            TOP_LEVEL_KEYS.join(", ")
+        );
+    }
+    let env = Env::prefixed(ENV_PREFIX)
+        .filter(|key| is_config_var(key.as_str()))
+        .split("__");
+    let figment = Figment::new().merge(Yaml::file_exact(path)).merge(env);
     from_figment(figment, &path.display().to_string())
 }
 
@@ -203,6 +247,35 @@ routes:
         assert_eq!(c.routes[0].matcher.path_prefix, "/a");
         assert_eq!(c.routes[1].matcher.path_prefix, "/");
         assert!(c.admin.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn only_variables_naming_a_top_level_key_are_configuration() {
+        for key in [
+            "LISTEN",
+            "listen",
+            "ADMIN__TOKEN",
+            "ADMIN__TOKN",
+            "ROUTES__0__NAME",
+        ] {
+            assert!(is_config_var(key), "{key}");
+        }
+        for key in ["PORT", "ADMIN_TOKEN", "", "__LISTEN", "LISTENER"] {
+            assert!(!is_config_var(key), "{key}");
+        }
+        let env = [
+            "PATH",
+            "GATEWAY_PORT",
+            "GATEWAY_LISTEN",
+            "GATEWAY_ADMIN__TOKN",
+            "gateway_home",
+            "GATEWAY_",
+            "MY_GATEWAY_X",
+        ];
+        assert_eq!(
+            ignored_env_vars(env),
+            ["GATEWAY_PORT", "gateway_home", "GATEWAY_"]
+        );
     }
 
     #[test]

@@ -12,6 +12,26 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The top-level keys of [`RawConfig`], in field order: what a `GATEWAY_<KEY>`
+/// variable's first segment must name to be read as configuration. Kept in
+/// step with the struct by a unit test against serde's own field list.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "threads",
+    "pid_file",
+    "upgrade_sock",
+    "upstream_keepalive_pool_size",
+    "shutdown",
+    "trusted_proxies",
+    "ready_path",
+    "client",
+    "admin",
+    "access_log",
+    "upstreams",
+    "cache",
+    "routes",
+];
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -720,6 +740,20 @@ mod tests {
         assert_eq!("10/h".parse::<RateSpec>().unwrap().to_string(), "10/h");
         for bad in ["", "100", "100/d", "x/s", "0/s", "-1/s"] {
             assert!(bad.parse::<RateSpec>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn top_level_keys_are_serdes_field_list() {
+        use figment::providers::{Format, Yaml};
+        let err = figment::Figment::from(Yaml::string("no_such_key: 1"))
+            .extract::<RawConfig>()
+            .unwrap_err();
+        match err.kind {
+            figment::error::Kind::UnknownField(_, expected) => {
+                assert_eq!(expected, TOP_LEVEL_KEYS)
+            }
+            other => panic!("expected an unknown-field error, got {other:?}"),
         }
     }
 

@@ -489,7 +489,25 @@ async fn wait_ready(child: &mut Child, admin: SocketAddr, listen: SocketAddr) ->
 
 /// Runs the gateway binary to completion (e.g. `-t`), returning code, stdout and stderr.
 pub fn run_gateway(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(gateway_bin());
+    run_gateway_via(&[], args, env)
+}
+
+/// Like [`run_gateway`], started through `wrapper` (a command and its
+/// arguments that end by running the next ones, e.g. `setpriv --reuid=...`).
+pub fn run_gateway_via(
+    wrapper: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let bin = gateway_bin();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
     cmd.args(args).envs(env.iter().copied());
     // Never inherit overrides from the developer's shell.
     for (k, _) in std::env::vars() {
@@ -729,4 +747,32 @@ impl Load {
         }
         total
     }
+}
+
+/// Whether the external tool `name` (run as `name --version`) is installed.
+/// Missing: under CI (a non-empty `CI` variable, where `scripts/test` installs
+/// every tool) the test fails; elsewhere it says it was skipped and the caller
+/// returns early. The one place where a tool-dependent test decides that.
+pub fn require_tool(name: &str) -> bool {
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    require_tool_under(name, ci)
+}
+
+/// [`require_tool`] with the CI decision made by the caller (for its own test).
+pub fn require_tool_under(name: &str, ci: bool) -> bool {
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    assert!(
+        !ci,
+        "{name} is not installed and CI is set: scripts/test installs it (as root with apt-get)"
+    );
+    eprintln!("{name} not installed: skipped (scripts/test installs it as root)");
+    false
 }
