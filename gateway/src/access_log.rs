@@ -7,7 +7,7 @@
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -22,6 +22,9 @@ const QUEUE: usize = 65_536;
 
 static SENDER: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
 static REOPEN: AtomicBool = AtomicBool::new(false);
+/// Lines queued so far, and lines the writer has written and flushed.
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
 
 /// One request, as logged.
 #[derive(Serialize)]
@@ -41,19 +44,32 @@ pub struct Line<'a> {
     /// Response body bytes sent.
     pub bytes: usize,
     /// Whole request, milliseconds.
-    pub duration_ms: f64,
+    pub duration_ms: Millis,
     /// Route name, if one matched.
     pub route: Option<&'a str>,
     /// Upstream server, if one was used.
     pub upstream: Option<String>,
     /// Time to the upstream response header, milliseconds.
-    pub upstream_ms: Option<f64>,
+    pub upstream_ms: Option<Millis>,
     /// Wait for a concurrency slot, milliseconds.
-    pub queue_ms: Option<f64>,
+    pub queue_ms: Option<Millis>,
     /// Cache outcome on caching routes.
     pub cache: Option<&'static str>,
     /// The gateway's own error kind, if it answered itself.
     pub error: Option<&'static str>,
+}
+
+/// A duration in milliseconds, written with microsecond precision (`12.345`,
+/// never `12.345000000000001`).
+#[derive(Debug, Clone, Copy)]
+pub struct Millis(pub std::time::Duration);
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let us = self.0.as_micros() as u64;
+        // Integral microseconds over 1000: the shortest decimal is exact to 3 places.
+        s.serialize_f64(us as f64 / 1000.0)
+    }
 }
 
 /// The current time as RFC 3339 with milliseconds, formatted at most once per
@@ -100,8 +116,42 @@ pub fn log(line: &Line<'_>) {
         return;
     };
     bytes.push(b'\n');
-    if let Err(TrySendError::Full(_)) = tx.try_send(bytes) {
-        metrics::access_log_dropped();
+    match tx.try_send(bytes) {
+        Ok(()) => {
+            QUEUED.fetch_add(1, Ordering::AcqRel);
+        }
+        Err(TrySendError::Full(_)) => metrics::access_log_dropped(),
+        Err(TrySendError::Disconnected(_)) => {}
+    }
+}
+
+/// Waits until every line queued so far is written and flushed, at most
+/// `within` (called before the process exits).
+pub fn flush(within: Duration) {
+    let target = QUEUED.load(Ordering::Acquire);
+    let deadline = std::time::Instant::now() + within;
+    while WRITTEN.load(Ordering::Acquire) < target && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_have_no_float_noise() {
+        for (us, text) in [
+            (936_687, "936.687"),
+            (1, "0.001"),
+            (20_000, "20.0"),
+            (123_456_789, "123456.789"),
+        ] {
+            let v = serde_json::to_string(&Millis(Duration::from_micros(us))).unwrap();
+            assert_eq!(v, text);
+        }
+        let v = serde_json::to_string(&Millis(Duration::from_nanos(936_686_999))).unwrap();
+        assert_eq!(v, "936.686", "truncated to microseconds");
     }
 }
 
@@ -129,12 +179,12 @@ fn write_loop(target: LogTarget, rx: Receiver<Vec<u8>>) {
     // recv(), so a request never pays for waking it.
     loop {
         std::thread::sleep(Duration::from_millis(20));
-        let mut wrote = false;
+        let mut wrote = 0;
         loop {
             match rx.try_recv() {
                 Ok(line) => {
                     let _ = out.write_all(&line);
-                    wrote = true;
+                    wrote += 1;
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
@@ -143,8 +193,9 @@ fn write_loop(target: LogTarget, rx: Receiver<Vec<u8>>) {
                 }
             }
         }
-        if wrote {
+        if wrote > 0 {
             let _ = out.flush();
+            WRITTEN.fetch_add(wrote, Ordering::AcqRel);
         }
         if REOPEN.swap(false, Ordering::AcqRel) {
             let _ = out.flush();

@@ -62,6 +62,7 @@ impl ServeHttp for AdminApp {
             }
             "/metrics" if get => {
                 publish(&self.shared.snapshot());
+                metrics::publish_connections(self.shared.open_connections());
                 let text = metrics::render();
                 // Compressed only for clients that ask (Prometheus does).
                 let gzip = req
@@ -125,13 +126,16 @@ impl ServeHttp for AdminApp {
                     let sum = metrics::summary();
                     let rps = sum.requests as f64 / sum.uptime_seconds;
                     let mut v = serde_json::json!({
-                        "uptime_seconds": sum.uptime_seconds.round(),
+                        "uptime_seconds": sum.uptime_seconds as u64,
                         "requests": sum.requests,
                         "requests_per_second": (rps * 100.0).round() / 100.0,
                         "by_status": sum.by_status,
-                        "latency_ms": { "p50": sum.p50_ms, "p99": sum.p99_ms },
+                        "latency_ms": {
+                            "p50": sum.p50_ms.map(micro_round),
+                            "p99": sum.p99_ms.map(micro_round),
+                        },
                         "cache_hit_ratio": metrics::CacheTotals::now().hit_ratio(),
-                        "open_connections": sum.open_connections,
+                        "open_connections": self.shared.open_connections(),
                     });
                     let snap = self.shared.snapshot();
                     let in_flight: serde_json::Map<_, _> = snap
@@ -240,6 +244,11 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "/cache/purge" | "/performance/cache/clear" => Some("POST"),
         _ => None,
     }
+}
+
+/// Milliseconds rounded to whole microseconds (no float noise in JSON).
+fn micro_round(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
 }
 
 /// Sets the gauges that mirror the running state, before a scrape.

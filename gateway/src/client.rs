@@ -283,19 +283,19 @@ impl Peek for GuardedStream {
     }
 }
 
-/// One open downstream connection, counted in the gauge while it lives.
-struct OpenConnection;
+/// One open downstream connection, counted while it lives.
+struct OpenConnection(Arc<Shared>);
 
 impl OpenConnection {
     /// Counts a new connection; returns it with the number now open.
-    fn open() -> (Self, i64) {
-        (Self, metrics::connection_opened())
+    fn open(shared: &Arc<Shared>) -> (Self, usize) {
+        (Self(shared.clone()), shared.connection_opened())
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        metrics::connection_closed();
+        self.0.connection_closed();
     }
 }
 
@@ -328,8 +328,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let limits = self.shared.snapshot().config.client;
-        let (open, count) = OpenConnection::open();
-        if count > limits.max_connections as i64 {
+        let (open, count) = OpenConnection::open(&self.shared);
+        if count > limits.max_connections {
             metrics::connection_rejected();
             let _ =
                 tokio::time::timeout(Duration::from_millis(200), stream.write_all(TOO_MANY)).await;

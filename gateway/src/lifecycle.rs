@@ -51,6 +51,7 @@ impl Signals {
             return;
         };
         let pid_file = self.pid_file.clone();
+        let shared = self.shared.clone();
         std::thread::spawn(move || {
             loop {
                 match phases.blocking_recv() {
@@ -59,10 +60,12 @@ impl Signals {
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
-            while metrics::open_connections() > 0 {
+            while shared.open_connections() > 0 {
                 std::thread::sleep(Duration::from_millis(20));
             }
             tracing::info!("no connection left: exiting");
+            // Every answered request is in the log before the process goes.
+            crate::access_log::flush(Duration::from_secs(2));
             pid_file.remove();
             std::process::exit(0);
         });

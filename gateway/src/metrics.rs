@@ -478,15 +478,9 @@ pub fn upstream_error(upstream: &str, kind: &str) {
     UPSTREAM_ERRORS.with_label_values(&[upstream, kind]).inc();
 }
 
-/// Counts an accepted connection; returns how many are open now.
-pub fn connection_opened() -> i64 {
-    CONNECTIONS.inc();
-    CONNECTIONS.get()
-}
-
-/// Client connections open now.
-pub fn open_connections() -> i64 {
-    CONNECTIONS.get()
+/// Publishes the number of open client connections (owned by the server state).
+pub fn publish_connections(open: usize) {
+    CONNECTIONS.set(open as i64);
 }
 
 /// Counts a reload attempt.
@@ -495,11 +489,6 @@ pub fn reload(ok: bool) {
         .with_label_values(&[if ok { "success" } else { "failure" }])
         .inc();
     RELOAD_OK.set(i64::from(ok));
-}
-
-/// Counts a closed connection.
-pub fn connection_closed() {
-    CONNECTIONS.dec();
 }
 
 /// Counts a connection turned away by `client.max_connections`.
@@ -623,8 +612,6 @@ pub struct Summary {
     pub p50_ms: Option<f64>,
     /// 99th percentile request duration in ms.
     pub p99_ms: Option<f64>,
-    /// Client connections open now.
-    pub open_connections: i64,
 }
 
 /// The traffic summary now.
@@ -669,7 +656,6 @@ pub fn summary() -> Summary {
         by_status,
         p50_ms: quantile(0.5),
         p99_ms: quantile(0.99),
-        open_connections: open_connections(),
     }
 }
 

@@ -94,6 +94,8 @@ pub fn main(cli: Cli) -> ExitCode {
         config.cache.max_object_size,
         config.cache.lock_timeout,
     );
+    // The access-log writer runs from the start (a reload may turn the log on).
+    crate::access_log::start(&config.access_log.target);
     let pid_file = PidFile::new(&config.pid_file);
     let shared = Shared::new(config, &cli.conf);
     let server = build(&shared, &cli);
@@ -116,6 +118,7 @@ pub fn main(cli: Cli) -> ExitCode {
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
+    crate::access_log::flush(Duration::from_secs(2));
     pid_file.remove();
     ExitCode::SUCCESS
 }

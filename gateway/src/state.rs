@@ -5,7 +5,7 @@
 //! configuration from routing to logging.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -204,6 +204,9 @@ pub struct Shared {
     conf_path: PathBuf,
     draining: AtomicBool,
     closing: AtomicBool,
+    /// Client connections open now (admission control reads it; the
+    /// `gateway_downstream_connections` gauge reports it).
+    connections: AtomicUsize,
     reload: Mutex<ReloadStatus>,
 }
 
@@ -215,6 +218,7 @@ impl Shared {
             conf_path: conf_path.to_owned(),
             draining: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
             reload: Mutex::default(),
         })
     }
@@ -262,6 +266,21 @@ impl Shared {
     /// From now on every response closes its connection.
     pub fn start_closing(&self) {
         self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts a new client connection; returns how many are open now.
+    pub fn connection_opened(&self) -> usize {
+        self.connections.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Counts a closed client connection.
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
     }
 
     /// The last reload's outcome.

@@ -193,3 +193,51 @@ routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
     assert!(v["latency_ms"]["p99"].as_f64().unwrap() >= v["latency_ms"]["p50"].as_f64().unwrap());
     assert_eq!(v["upstreams"][0]["servers"][0]["healthy"], true);
 }
+
+#[tokio::test]
+async fn every_answered_request_is_in_the_log_after_sigterm() {
+    let origin = Origin::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+shutdown: {{ drain_delay: 100ms, grace_period: 5s }}
+access_log: {{ enabled: true, path: "{}" }}
+upstreams: {{ app: {{ servers: ["{}"] }} }}
+routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
+"#,
+        log.display(),
+        origin.addr
+    );
+    let mut gw = Gateway::start(&yaml).await;
+    let c = client();
+    let n = 300;
+    for i in 0..n {
+        let r = c.get(gw.url(&format!("/r/{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Straight to SIGTERM: the last lines are still in the writer's queue.
+    gw.signal("TERM");
+    assert!(gw.wait_exit(WAIT).await.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let logged = text.lines().filter(|l| l.contains("\"/r/")).count();
+    assert_eq!(logged, n, "every answered request is logged");
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let ms = v["duration_ms"].as_f64().unwrap();
+        assert_eq!(
+            (ms * 1000.0).round() / 1000.0,
+            ms,
+            "microsecond precision: {l}"
+        );
+        let raw = l.split("\"duration_ms\":").nth(1).unwrap();
+        let number: String = raw
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let decimals = number.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "no float noise: {l}");
+    }
+}

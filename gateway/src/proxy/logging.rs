@@ -20,9 +20,8 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
     }
     if let Some(snap) = ctx.snapshot.as_deref() {
         if snap.config.access_log.enabled {
-            access_log::start(&snap.config.access_log.target);
             let req = session.req_header();
-            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            let ms = access_log::Millis;
             access_log::log(&access_log::Line {
                 time: access_log::now_rfc3339(),
                 request_id: ctx.request_id(),
