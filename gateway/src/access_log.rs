@@ -135,26 +135,6 @@ pub fn flush(within: Duration) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_have_no_float_noise() {
-        for (us, text) in [
-            (936_687, "936.687"),
-            (1, "0.001"),
-            (20_000, "20.0"),
-            (123_456_789, "123456.789"),
-        ] {
-            let v = serde_json::to_string(&Millis(Duration::from_micros(us))).unwrap();
-            assert_eq!(v, text);
-        }
-        let v = serde_json::to_string(&Millis(Duration::from_nanos(936_686_999))).unwrap();
-        assert_eq!(v, "936.686", "truncated to microseconds");
-    }
-}
-
 fn open(target: &LogTarget) -> Box<dyn Write + Send> {
     match target {
         LogTarget::Stdout => Box::new(std::io::stdout()),
@@ -202,5 +182,25 @@ fn write_loop(target: LogTarget, rx: Receiver<Vec<u8>>) {
             out = BufWriter::with_capacity(64 * 1024, open(&target));
             tracing::info!("access log reopened");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_have_no_float_noise() {
+        for (us, text) in [
+            (936_687, "936.687"),
+            (1, "0.001"),
+            (20_000, "20.0"),
+            (123_456_789, "123456.789"),
+        ] {
+            let v = serde_json::to_string(&Millis(Duration::from_micros(us))).unwrap();
+            assert_eq!(v, text);
+        }
+        let v = serde_json::to_string(&Millis(Duration::from_nanos(936_686_999))).unwrap();
+        assert_eq!(v, "936.686", "truncated to microseconds");
     }
 }
