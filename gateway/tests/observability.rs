@@ -241,3 +241,27 @@ routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
         assert!(decimals <= 3, "no float noise: {l}");
     }
 }
+
+#[tokio::test]
+async fn an_idle_gateway_exposes_only_series_that_can_occur() {
+    let origin = Origin::start("a").await;
+    // The upstream-app example: six routes, caches, limits, a breaker, checks.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../conf/examples/upstream-app-gateway.yaml"
+    ))
+    .unwrap();
+    let yaml = example
+        .replace("\"0.0.0.0:8080\"", "\"{listen}\"")
+        .replace("\"127.0.0.1:9180\"", "\"{admin}\"")
+        .replace("\"127.0.0.1:5000\"", &format!("\"{}\"", origin.addr));
+    let gw = Gateway::start(&yaml).await;
+    let m = gw.wait_metrics(&["gateway_build_info"]).await;
+    assert!(m.len() < 50_000, "idle /metrics is {} bytes:\n{m}", m.len());
+    for impossible in [
+        r#"cache="hit",route="internal""#,
+        "gateway_request_duration_seconds_bucket{",
+    ] {
+        assert!(!m.contains(impossible), "{impossible} before any request:\n{m}");
+    }
+}
