@@ -19,6 +19,7 @@
 //! - [`error`]: the gateway's own error answers (JSON with a request id).
 //! - [`outcome`]: the one cache-outcome type (Cache-Status, X-Cache, metrics, log).
 //! - [`metrics`]: Prometheus metrics in the default registry.
+//! - [`quiet_log`]: normal events Pingora logs as errors, counted instead.
 //! - [`ratelimit`]: per-client rate limits (GCRA), bounded memory.
 //! - [`limits`]: concurrency limits and FIFO queues (per route, per upstream).
 //! - [`lifecycle`]: signals (reload, drain, upgrade), pid file.
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod preflight;
 pub mod proxy;
+pub mod quiet_log;
 pub mod ratelimit;
 pub mod request_id;
 pub mod routes;

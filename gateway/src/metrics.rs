@@ -496,6 +496,33 @@ pub fn connection_rejected() {
     CONNECTIONS_REJECTED.inc();
 }
 
+static REUSE_MISSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_upstream_reuse_missed_total",
+        "Idle pooled upstream connections that could not be reused at once (a new one was opened)."
+    )
+    .expect("metric registers once")
+});
+
+static CLIENT_GONE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_client_gone_total",
+        "Clients that closed the connection before the answer was complete, by phase.",
+        &["phase"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a pooled upstream connection that could not be reused.
+pub fn upstream_reuse_missed() {
+    REUSE_MISSED.inc();
+}
+
+/// Counts a client that left before its answer was complete.
+pub fn client_gone(phase: &'static str) {
+    CLIENT_GONE.with_label_values(&[phase]).inc();
+}
+
 /// Counts a request Pingora could not parse (answered with a JSON 400).
 pub fn malformed_request() {
     ERRORS
@@ -684,6 +711,8 @@ pub fn init() {
     LazyLock::force(&CACHE_COLLAPSED);
     LazyLock::force(&CACHE_PURGES);
     LazyLock::force(&ACCESS_LOG_DROPPED);
+    LazyLock::force(&REUSE_MISSED);
+    LazyLock::force(&CLIENT_GONE);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&QUEUE_WAIT);

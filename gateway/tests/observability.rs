@@ -262,6 +262,55 @@ async fn an_idle_gateway_exposes_only_series_that_can_occur() {
         r#"cache="hit",route="internal""#,
         "gateway_request_duration_seconds_bucket{",
     ] {
-        assert!(!m.contains(impossible), "{impossible} before any request:\n{m}");
+        assert!(
+            !m.contains(impossible),
+            "{impossible} before any request:\n{m}"
+        );
     }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_during_a_cache_hit_is_counted_not_logged_as_an_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start("a").await;
+    let yaml = format!(
+        r#"
+listen: "{{listen}}"
+admin: {{ listen: "{{admin}}" }}
+cache: {{ max_size: 256MiB, max_object_size: 64MiB }}
+upstreams: {{ app: {{ servers: ["{}"] }} }}
+routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app, cache: {{ enabled: true }} }}]
+"#,
+        origin.addr
+    );
+    let gw = Gateway::start(&yaml).await;
+    // 32 MiB: far more than the socket buffers take, so the gateway is still
+    // writing when the client goes.
+    let path = "/resp/big?size=33554432&h=Cache-Control:max-age%3D60";
+    let r = client().get(gw.url(path)).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), 33_554_432);
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
+        let host = gw.listen;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&head);
+        assert!(text.to_ascii_lowercase().contains("x-cache: hit"), "{text}");
+        drop(s); // gone mid-body
+    }
+    gw.wait_metrics(&[r#"gateway_client_gone_total{phase="cache_hit"} 3"#])
+        .await;
+    let log = gw.stderr();
+    assert!(
+        !log.contains("Fail to serve cache"),
+        "logged as an error:\n{log}"
+    );
 }
