@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-/// The process's time origin (fixed on first use).
+/// The process's time origin (fixed on first use): tests build instants from it.
+#[cfg(test)]
 pub fn epoch() -> Instant {
     *EPOCH
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{header, StatusCode};
+use http::header;
 use pingora::cache::cache_control::{
     CacheControl, Cacheable as CcCacheable, InterpretCacheControl,
 };
@@ -279,11 +279,6 @@ pub fn credentials(req: &RequestHeader, rule: &RouteCache) -> Option<&'static st
 pub fn may_serve_authorized(meta: &CacheMeta) -> bool {
     CacheControl::from_resp_headers(meta.response_header())
         .is_some_and(|cc| cc.allow_caching_authorized_req())
-}
-
-/// Statuses that may be heuristically fresh.
-pub fn heuristic_status(status: StatusCode) -> bool {
-    HEURISTIC.contains(&status.as_u16())
 }
 
 #[cfg(test)]

@@ -56,11 +56,6 @@ impl RequestDirectives {
         }
     }
 
-    /// Whether any directive is present (the common case has none).
-    pub fn any(&self) -> bool {
-        *self != RequestDirectives::default()
-    }
-
     /// How the request's directives change the use of a stored response.
     ///
     /// `ForceExpired` when the client wants validation (no-cache, max-age,
@@ -143,6 +138,6 @@ mod tests {
             req(&[("cache-control", "max-stale=30")]).max_stale,
             Some(Some(30))
         );
-        assert!(!req(&[]).any());
+        assert_eq!(req(&[]), RequestDirectives::default());
     }
 }

@@ -214,11 +214,6 @@ impl MemStorage {
         self.entries.len()
     }
 
-    /// Whether nothing is stored.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Bytes accounted now (bodies, headers, overhead).
     pub fn weight(&self) -> u64 {
         self.entries.weight()
