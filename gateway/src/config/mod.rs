@@ -1,12 +1,15 @@
 //! The configuration contract: YAML file → figment (file, then `GATEWAY_*` env with
-//! `__` nesting) → [`raw`] serde structs → [`model::validate`] → [`Config`].
+//! `__` nesting) → [`raw`] serde structs → validation (pure; DNS, secret files
+//! and memory come through [`resolve::Resolve`]) → [`Config`] ([`types`]).
 //!
 //! A bad configuration never starts a server: [`ConfigError`] names the file (or
 //! the environment variable) and the key path, e.g.
 //! `conf/gateway.yaml: routes[2].cache.default_ttl: invalid duration ...`.
 
-pub mod model;
 pub mod raw;
+pub mod resolve;
+pub mod types;
+mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,8 +17,8 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 
-pub use model::*;
 pub use raw::{RawConfig, TOP_LEVEL_KEYS};
+pub use types::*;
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "GATEWAY_";
@@ -128,7 +131,8 @@ fn from_figment(figment: Figment, file: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = figment
         .extract()
         .map_err(|e| ConfigError::Parse(e.into_iter().map(|e| describe(&e, file)).collect()))?;
-    model::validate(raw).map_err(|problems| ConfigError::Invalid(file.to_owned(), problems))
+    validate::validate(raw, &resolve::System)
+        .map_err(|problems| ConfigError::Invalid(file.to_owned(), problems))
 }
 
 /// `source: key.path[2]: what` for one figment error.

@@ -3,7 +3,7 @@
 //! These types only mirror the file: every field has a default, unknown keys are
 //! rejected, and durations and sizes are parsed by `humantime` and `bytesize`.
 //! Semantic checks (addresses, CIDRs, references between blocks) happen in
-//! [`super::model::validate`], which turns this into the internal [`super::Config`].
+//! validation (`super::validate`), which turns this into the internal [`super::Config`].
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,10 +1,10 @@
-//! The internal, already-checked configuration and the `validate()` that builds it.
-//!
-//! Everything here is parsed: socket addresses, CIDRs, methods, host patterns,
-//! non-zero limits. Code that holds a [`Config`] never re-checks it.
+//! Validation: the raw file ([`super::raw`]) checked key by key into the
+//! internal [`Config`]; every problem is listed with its key path. Nothing
+//! here touches the world: DNS, secret files and memory come through
+//! [`Resolve`].
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,328 +12,10 @@ use std::time::Duration;
 use http::Method;
 use ipnet::IpNet;
 
-pub use super::raw::CookieRequests;
-use super::raw::{self, CacheSize, QueryMode, RangeMiss, RateSpec, RawConfig};
+use super::raw::{self, CacheSize, QueryMode, RangeMiss, RawConfig};
+use super::resolve::{auto_cache_size, Resolve};
+use super::types::*;
 use super::Invalid;
-
-/// Pingora's own hard cap on request header bytes (`MAX_HEADER_SIZE`).
-pub const PINGORA_MAX_HEADER_BYTES: u64 = 1024 * 1024;
-/// Pingora's own hard cap on request header fields (`MAX_HEADERS`).
-pub const PINGORA_MAX_HEADERS: usize = 256;
-
-/// The validated gateway configuration: one immutable snapshot.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    /// Main listener.
-    pub listen: SocketAddr,
-    /// Proxy worker threads.
-    pub threads: usize,
-    /// Daemon pid file.
-    pub pid_file: PathBuf,
-    /// Binary-upgrade socket.
-    pub upgrade_sock: PathBuf,
-    /// Idle upstream connections kept, all upstreams together.
-    pub upstream_keepalive_pool_size: usize,
-    /// Stop timings.
-    pub shutdown: Shutdown,
-    /// Peers whose forwarding headers are believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Path the main listener answers with readiness (200 serving, 503 draining).
-    pub ready_path: Option<String>,
-    /// Client-side limits.
-    pub client: ClientLimits,
-    /// Admin listener.
-    pub admin: Admin,
-    /// Access log.
-    pub access_log: AccessLog,
-    /// Upstreams in name order; routes refer to them by index.
-    pub upstreams: Vec<Upstream>,
-    /// Shared cache.
-    pub cache: Cache,
-    /// Routes in file order (first match wins).
-    pub routes: Vec<Route>,
-    /// The file as parsed (defaults filled in, secrets redacted), for `GET /config`.
-    pub source: RawConfig,
-}
-
-/// `shutdown:` with whole-second durations where Pingora counts seconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Shutdown {
-    /// Time `/ready` says 503 while listeners still accept.
-    pub drain_delay: Duration,
-    /// Upper bound on the whole stop.
-    pub grace_period: Duration,
-}
-
-/// `client:`
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ClientLimits {
-    /// Open downstream connections at most.
-    pub max_connections: usize,
-    /// Header block bytes at most.
-    pub max_header_bytes: usize,
-    /// Header fields at most.
-    pub max_headers: usize,
-    /// Whole-header-block deadline.
-    pub header_timeout: Duration,
-    /// Body bytes at most.
-    pub max_body_size: u64,
-    /// Idle keep-alive time.
-    pub keepalive_timeout: Duration,
-}
-
-/// `admin:`
-#[derive(Clone, PartialEq)]
-pub struct Admin {
-    /// Admin listener.
-    pub listen: SocketAddr,
-    /// Bearer token, if one is configured.
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for Admin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admin")
-            .field("listen", &self.listen)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-/// Where access-log lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogTarget {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-    /// A file, appended to.
-    File(PathBuf),
-}
-
-/// `access_log:`
-#[derive(Debug, Clone, PartialEq)]
-pub struct AccessLog {
-    /// Whether lines are written.
-    pub enabled: bool,
-    /// Where.
-    pub target: LogTarget,
-}
-
-/// One server of an upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Server {
-    /// As written in the file (`app.internal:5000`).
-    pub spec: String,
-    /// Resolved at load.
-    pub addr: SocketAddr,
-}
-
-/// `upstreams.<name>:`
-#[derive(Debug, Clone, PartialEq)]
-pub struct Upstream {
-    /// The key in `upstreams`.
-    pub name: String,
-    /// Resolved servers; never empty.
-    pub servers: Vec<Server>,
-    /// Active health check.
-    pub health_check: Option<HealthCheck>,
-    /// TCP connect deadline.
-    pub connect_timeout: Duration,
-    /// Per-read (and per-write) deadline.
-    pub read_timeout: Duration,
-    /// Idle pooled connection lifetime.
-    pub idle_timeout: Duration,
-    /// Other servers a failed connect is retried on.
-    pub retries: u32,
-    /// Upstream-wide in-flight cap (the starting point of an adaptive limit).
-    pub max_inflight: Option<NonZeroU32>,
-    /// Adaptive limit bounds.
-    pub adaptive: Option<Adaptive>,
-    /// Circuit breaker.
-    pub breaker: Option<Breaker>,
-}
-
-/// `health_check:`
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthCheck {
-    /// Path requested; `None`: a TCP connect is the check.
-    pub path: Option<String>,
-    /// Time between checks.
-    pub interval: Duration,
-    /// Deadline of one check.
-    pub timeout: Duration,
-    /// Successes in a row to become healthy.
-    pub healthy_threshold: NonZeroU32,
-    /// Failures in a row to become unhealthy.
-    pub unhealthy_threshold: NonZeroU32,
-}
-
-/// `breaker:`
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Breaker {
-    /// Failures in a row that open it.
-    pub consecutive_failures: NonZeroU32,
-    /// Open time before a trial.
-    pub open_for: Duration,
-    /// Failed share within `window` that opens it.
-    pub error_ratio: Option<f64>,
-    /// Window of `error_ratio`.
-    pub window: Duration,
-    /// Requests needed in the window before the ratio counts.
-    pub min_requests: u32,
-    /// Servers the balancer never takes out of rotation.
-    pub min_available: u32,
-    /// Whether a 503 or 429 with `Retry-After` counts as a failure.
-    pub count_overload: bool,
-}
-
-/// `upstreams.<name>.limits.adaptive:`
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Adaptive {
-    /// Lowest limit.
-    pub min: u32,
-    /// Highest limit.
-    pub max: u32,
-    /// Latency multiple of the baseline that lowers the limit.
-    pub tolerance: f64,
-}
-
-/// `cache:`
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cache {
-    /// Byte bound of the whole cache.
-    pub max_size: u64,
-    /// Largest storable response.
-    pub max_object_size: u64,
-    /// Who may send `PURGE`.
-    pub purge_allow: Vec<IpNet>,
-    /// Show the cache key in `Cache-Status`.
-    pub status_key: bool,
-    /// Longest wait behind another request filling the same key.
-    pub lock_timeout: Duration,
-    /// Pass `Surrogate-Key` / `Cache-Tag` on to clients on routes without a
-    /// cache rule of their own saying otherwise.
-    pub keep_surrogate_keys: bool,
-}
-
-/// How a route matches the request host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMatch {
-    /// Exactly this host (lowercase, no port).
-    Exact(String),
-    /// Any host ending in this suffix, which starts with a dot (`*.example.com` → `.example.com`).
-    Suffix(String),
-}
-
-/// `routes[i].match:`, compiled.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteMatch {
-    /// Prefix without trailing slash (`/` stays `/`).
-    pub path_prefix: String,
-    /// Allowed methods; `None` = all.
-    pub methods: Option<Vec<Method>>,
-    /// Host pattern; `None` = any host.
-    pub host: Option<HostMatch>,
-    /// Extensions (lowercase, no dot) the last path segment must end in; `None` = any.
-    pub extensions: Option<Vec<String>>,
-}
-
-/// `routes[i].cache:`
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteCache {
-    /// Heuristic freshness lifetime where RFC 9111 allows one.
-    pub default_ttl: Option<Duration>,
-    /// Default SWR window.
-    pub stale_while_revalidate: Option<Duration>,
-    /// Default SIE window.
-    pub stale_if_error: Option<Duration>,
-    /// Store responses with `Set-Cookie`.
-    pub cache_set_cookie: bool,
-    /// Pass `Surrogate-Key` / `Cache-Tag` on to clients.
-    pub keep_surrogate_keys: bool,
-    /// Freshness lifetime floor (never applied to no-cache or must-revalidate).
-    pub min_ttl: Option<Duration>,
-    /// Freshness lifetime cap.
-    pub max_ttl: Option<Duration>,
-    /// How the query counts in the key.
-    pub query: QueryKey,
-    /// Request headers (lowercase) that vary the stored response.
-    pub key_headers: Vec<http::HeaderName>,
-    /// Cookies that vary the stored response.
-    pub key_cookies: Vec<String>,
-    /// Cookies whose presence bypasses the cache.
-    pub bypass_cookies: Vec<String>,
-    /// Headers whose presence bypasses the cache.
-    pub bypass_headers: Vec<http::HeaderName>,
-    /// On a miss, forward a client's `Range` upstream instead of filling.
-    pub forward_range_misses: bool,
-    /// How requests with a `Cookie` are treated.
-    pub cookie_requests: CookieRequests,
-}
-
-/// How the query string counts in the cache key (always sorted by name).
-#[derive(Debug, Clone, PartialEq)]
-pub enum QueryKey {
-    /// Every parameter.
-    All,
-    /// No parameter.
-    None,
-    /// Only these.
-    Allow(Vec<String>),
-    /// All but these.
-    Ignore(Vec<String>),
-}
-
-/// `routes[i].limits.queue:`
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Queue {
-    /// Waiting requests at most.
-    pub max_len: u32,
-    /// Longest wait.
-    pub timeout: Duration,
-}
-
-/// `routes[i].limits.rate:`
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rate {
-    /// Sustained rate per client.
-    pub per_client: RateSpec,
-    /// Burst allowance.
-    pub burst: u32,
-    /// Header that keys clients instead of their address.
-    pub key_header: Option<http::HeaderName>,
-    /// Clients tracked at most.
-    pub max_clients: usize,
-}
-
-/// `routes[i].limits:`
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RouteLimits {
-    /// Route-wide in-flight cap.
-    pub max_inflight: Option<NonZeroU32>,
-    /// Wait queue.
-    pub queue: Option<Queue>,
-    /// Rate limit.
-    pub rate: Option<Rate>,
-}
-
-/// `routes[i]:`
-#[derive(Debug, Clone, PartialEq)]
-pub struct Route {
-    /// Unique name (metrics label).
-    pub name: String,
-    /// Compiled matcher.
-    pub matcher: RouteMatch,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
-    /// Allowed client networks; `None` = everyone.
-    pub allow_from: Option<Vec<IpNet>>,
-    /// Caching rule; `None` = no caching.
-    pub cache: Option<RouteCache>,
-    /// Limits.
-    pub limits: RouteLimits,
-}
 
 /// Collects every problem of a file, each with its key path.
 #[derive(Default)]
@@ -402,7 +84,7 @@ fn parse_net(s: &str) -> Option<IpNet> {
 }
 
 /// Checks a parsed file and builds the internal [`Config`], or lists every problem.
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
+pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Vec<Invalid>> {
     let mut c = Checker::default();
     let mut source = raw.clone();
     if source.admin.token.is_some() {
@@ -468,7 +150,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
     };
 
     let admin_listen = c.addr("admin.listen", &raw.admin.listen);
-    let token = admin_token(&mut c, &raw.admin);
+    let token = admin_token(&mut c, &raw.admin, world);
     if let (Some(a), None) = (admin_listen, &token) {
         if !a.ip().is_loopback() {
             c.fail(
@@ -498,13 +180,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
 
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());
     for (name, ru) in &raw.upstreams {
-        upstreams.push(upstream(&mut c, name, ru));
+        upstreams.push(upstream(&mut c, name, ru, world));
     }
 
     let rcache = &raw.cache;
     let max_size = match rcache.max_size {
         CacheSize::Bytes(b) => b.as_u64(),
-        CacheSize::Auto => auto_cache_size(),
+        CacheSize::Auto => auto_cache_size(world.memory_limit()),
     };
     if max_size == 0 {
         c.fail("cache.max_size", "must be > 0");
@@ -578,7 +260,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Invalid>> {
     })
 }
 
-fn admin_token(c: &mut Checker, a: &raw::RawAdmin) -> Option<String> {
+fn admin_token(c: &mut Checker, a: &raw::RawAdmin, world: &dyn Resolve) -> Option<String> {
     match (&a.token, &a.token_file) {
         (Some(_), Some(_)) => {
             c.fail(
@@ -594,7 +276,7 @@ fn admin_token(c: &mut Checker, a: &raw::RawAdmin) -> Option<String> {
             }
             Some(t.to_owned())
         }
-        (None, Some(path)) => match std::fs::read_to_string(path) {
+        (None, Some(path)) => match world.read_secret(path) {
             Ok(s) => {
                 let t = s.lines().next().unwrap_or("").trim().to_owned();
                 if t.len() < 16 {
@@ -614,7 +296,7 @@ fn admin_token(c: &mut Checker, a: &raw::RawAdmin) -> Option<String> {
     }
 }
 
-fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
+fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream, world: &dyn Resolve) -> Upstream {
     let key = format!("upstreams.{name}");
     if !valid_name(name) {
         c.fail(
@@ -628,7 +310,7 @@ fn upstream(c: &mut Checker, name: &str, ru: &raw::RawUpstream) -> Upstream {
     let mut servers = Vec::new();
     for (i, spec) in ru.servers.iter().enumerate() {
         let skey = format!("{key}.servers[{i}]");
-        match resolve(spec) {
+        match world.addresses(spec) {
             Ok(addrs) => {
                 for addr in addrs {
                     let s = Server {
@@ -781,55 +463,6 @@ fn route_cache(
         bypass_headers: header_names(c, &format!("{key}.bypass.headers"), &rc.bypass.headers),
         cookie_requests: rc.cookie_requests,
         forward_range_misses: rc.range_miss == RangeMiss::Forward,
-    }
-}
-
-/// `cache.max_size: auto`: a quarter of the memory this process may use: its
-/// cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) when there is
-/// one, else the machine's memory (`MemTotal`); 64 MiB when neither is known.
-pub fn auto_cache_size() -> u64 {
-    memory_limit().map_or(64 << 20, |m| m / 4)
-}
-
-/// The memory this process may use, in bytes.
-pub fn memory_limit() -> Option<u64> {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    let cgroup = read("/sys/fs/cgroup/memory.max")
-        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    let total = read("/proc/meminfo").and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    });
-    // An unlimited cgroup reads "max" (v2) or a huge number (v1).
-    match (cgroup, total) {
-        (Some(c), Some(t)) => Some(c.min(t)),
-        (c, t) => c.or(t),
-    }
-}
-
-/// Resolves `host:port` to every address it names (like nginx's `server` lines).
-fn resolve(spec: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(a) = spec.parse::<SocketAddr>() {
-        return Ok(vec![a]);
-    }
-    let Some((host, port)) = spec.rsplit_once(':') else {
-        return Err(format!("{spec:?} is not host:port"));
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("{spec:?} is not host:port"));
-    }
-    match spec.to_socket_addrs() {
-        Ok(it) => {
-            let v: Vec<_> = it.collect();
-            if v.is_empty() {
-                Err(format!("{spec:?} resolves to no address"))
-            } else {
-                Ok(v)
-            }
-        }
-        Err(e) => Err(format!("cannot resolve {spec:?}: {e}")),
     }
 }
 
@@ -1021,4 +654,76 @@ fn route(
         cache,
         limits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::{Format, Yaml};
+
+    /// A world with one DNS name, one secret file and 2 GiB of memory.
+    struct Fake;
+
+    impl Resolve for Fake {
+        fn addresses(&self, spec: &str) -> Result<Vec<SocketAddr>, String> {
+            match spec {
+                "app.internal:5000" => Ok(vec![
+                    "10.0.0.5:5000".parse().unwrap(),
+                    "10.0.0.6:5000".parse().unwrap(),
+                ]),
+                _ => Err(format!("cannot resolve {spec:?}")),
+            }
+        }
+        fn read_secret(&self, path: &str) -> std::io::Result<String> {
+            match path {
+                "/secret/token" => Ok("0123456789abcdef0123\nignored".into()),
+                _ => Err(std::io::ErrorKind::NotFound.into()),
+            }
+        }
+        fn memory_limit(&self) -> Option<u64> {
+            Some(2 << 30)
+        }
+    }
+
+    fn check(yaml: &str) -> Result<Config, Vec<Invalid>> {
+        let raw: RawConfig = figment::Figment::from(Yaml::string(yaml))
+            .extract()
+            .unwrap();
+        validate(raw, &Fake)
+    }
+
+    #[test]
+    fn resolution_goes_through_the_world_it_is_given() {
+        let c = check(
+            r#"
+admin: { token_file: /secret/token }
+cache: { max_size: auto }
+upstreams: { app: { servers: ["app.internal:5000"] } }
+routes: [ { name: a, match: { path_prefix: / }, upstream: app } ]
+"#,
+        )
+        .unwrap();
+        let addrs: Vec<String> = c.upstreams[0]
+            .servers
+            .iter()
+            .map(|s| s.addr.to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["10.0.0.5:5000", "10.0.0.6:5000"],
+            "each address a server"
+        );
+        assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(c.cache.max_size, 512 << 20, "a quarter of the memory");
+        let problems = check(
+            r#"
+admin: { token_file: /nowhere }
+upstreams: { app: { servers: ["db.internal:5000"] } }
+routes: [ { name: a, match: { path_prefix: / }, upstream: app } ]
+"#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["admin.token_file", "upstreams.app.servers[0]"]);
+    }
 }
