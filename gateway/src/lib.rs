@@ -44,6 +44,8 @@ pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod outcome;
 pub(crate) mod preflight;
+#[cfg(test)]
+mod proptests;
 pub(crate) mod proxy;
 pub(crate) mod quiet_log;
 pub(crate) mod ratelimit;
