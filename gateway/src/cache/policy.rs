@@ -195,9 +195,12 @@ pub fn decide(
     {
         return uncacheable(NO_STORE);
     }
-    // Explicit freshness: s-maxage, max-age (no-cache = 0), then Expires.
+    // Explicit freshness: s-maxage, max-age (no-cache = 0), then Expires,
+    // which counts from the response's own Date (RFC 9111 §4.2.1), not from
+    // this machine's clock: Expires at or before Date is stale on arrival.
     let explicit = cc.as_ref().and_then(|cc| cc.fresh_duration()).or_else(|| {
-        calculate_expires_header_time(resp).map(|t| t.duration_since(now).unwrap_or_default())
+        let date = header_date(resp, header::DATE).unwrap_or(now);
+        calculate_expires_header_time(resp).map(|t| t.duration_since(date).unwrap_or_default())
     });
     let public = cc
         .as_ref()
@@ -222,12 +225,11 @@ pub fn decide(
         lifetime = lifetime.max(min);
     }
     // RFC 9111 §4.2.3: the response may already have aged on the way here.
-    let age = resp
-        .headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    // An Age that is not one non-negative integer makes it stale (§5.1).
+    let age = match age_header(resp) {
+        Ok(age) => age,
+        Err(()) => Duration::MAX,
+    };
     let fresh_until = if lifetime > age {
         now + (lifetime - age)
     } else {
@@ -250,13 +252,37 @@ pub fn decide(
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);
     }
-    // Per-connection and per-client fields never go into the shared store.
-    for name in [header::SET_COOKIE, header::CONNECTION] {
-        if !(name == header::SET_COOKIE && rule.cache_set_cookie) {
-            header.remove_header(&name);
-        }
+    // Per-connection and per-client fields never go into the shared store:
+    // the fields Connection lists go with it (RFC 9111 §3.1).
+    crate::hop_by_hop::strip_response(&mut header);
+    if !rule.cache_set_cookie {
+        header.remove_header(&header::SET_COOKIE);
     }
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+}
+
+/// A date field (`Date`, `Expires`) as a time, if it is a valid HTTP date.
+fn header_date(resp: &ResponseHeader, name: header::HeaderName) -> Option<SystemTime> {
+    let v = resp.headers.get(name)?.to_str().ok()?;
+    httpdate::parse_http_date(v.trim()).ok()
+}
+
+/// The `Age` the response arrived with: zero when absent, `Err` when it is
+/// not a single non-negative integer (`old, 0`, `-1`, two fields).
+fn age_header(resp: &ResponseHeader) -> Result<Duration, ()> {
+    let mut values = resp.headers.get_all(header::AGE).iter();
+    let Some(v) = values.next() else {
+        return Ok(Duration::ZERO);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let text = v.to_str().map_err(|_| ())?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    // Larger than any real age: saturate (RFC 9111 §1.2.2).
+    Ok(Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX)))
 }
 
 /// What makes `req` a request for someone in particular: `Authorization`
@@ -315,6 +341,25 @@ mod tests {
     }
 
     #[test]
+    fn rfc9111_3_1_connection_listed_fields_are_not_stored() {
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let resp = response(&[
+            ("cache-control", "max-age=60".into()),
+            ("connection", "x-hop".into()),
+            ("x-hop", "per-connection".into()),
+            ("x-kept", "1".into()),
+        ]);
+        let RespCacheable::Cacheable(meta) =
+            decide(&req, &resp, &rule("{ enabled: true }"), SystemTime::now())
+        else {
+            panic!("storable");
+        };
+        let stored = &meta.response_header().headers;
+        assert!(!stored.contains_key("x-hop") && !stored.contains_key("connection"));
+        assert_eq!(stored["x-kept"], "1");
+    }
+
+    #[test]
     fn freshness_is_computed_against_the_given_time() {
         let req = RequestHeader::build("GET", b"/", None).unwrap();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -335,6 +380,29 @@ mod tests {
         // An Age the response arrived with is used up already.
         let resp = response(&[("cache-control", "max-age=60".into()), ("age", "45".into())]);
         assert_eq!(fresh_for(decide(&req, &resp, &r, now), now), Some(15));
+        // RFC 9111 §4.2.1: Expires counts from the response's Date.
+        let date = httpdate::fmt_http_date(now - Duration::from_secs(100));
+        let resp = response(&[
+            ("date", date.clone()),
+            (
+                "expires",
+                httpdate::fmt_http_date(now + Duration::from_secs(20)),
+            ),
+        ]);
+        assert_eq!(fresh_for(decide(&req, &resp, &r, now), now), Some(120));
+        let resp = response(&[("date", date.clone()), ("expires", date.clone())]);
+        assert!(
+            fresh_for(decide(&req, &resp, &r, now), now).unwrap() < 0,
+            "Expires = Date: stale"
+        );
+        // RFC 9111 §5.1: an Age that is not one non-negative integer makes it stale.
+        for bad in ["old, 0", "-1", "1.5", ""] {
+            let resp = response(&[("cache-control", "max-age=60".into()), ("age", bad.into())]);
+            assert!(
+                fresh_for(decide(&req, &resp, &r, now), now).unwrap() < 0,
+                "Age {bad:?}"
+            );
+        }
         // No explicit freshness: the rule's heuristic TTL (200 is heuristically cacheable).
         assert_eq!(
             fresh_for(decide(&req, &response(&[]), &r, now), now),
