@@ -107,7 +107,8 @@ fn packages() -> Option<&'static Packages> {
             // the builds deploy/package runs.
             for (k, _) in std::env::vars_os() {
                 let k = k.to_string_lossy().into_owned();
-                if k.starts_with("CARGO_") && !matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")
+                if k.starts_with("CARGO_")
+                    && !matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")
                 {
                     cmd.env_remove(k);
                 }
@@ -218,8 +219,9 @@ fn the_debs_hold_binary_unit_config_and_sysctl() {
     ] {
         assert!(files.iter().any(|f| f == want), "{want} not in {files:?}");
     }
-    assert!(deb_control_file(&p.app_deb, "conffiles")
-        .contains("/etc/upstream-app/upstream-app.yaml"));
+    assert!(
+        deb_control_file(&p.app_deb, "conffiles").contains("/etc/upstream-app/upstream-app.yaml")
+    );
     assert!(deb_control_file(&p.app_deb, "control").contains("redis-server"));
 }
 
@@ -240,7 +242,12 @@ fn the_rpms_hold_binary_unit_config_and_sysctl() {
     }
     let conf = check(Command::new("rpm").arg("-qcp").arg(&p.gateway_rpm));
     assert_eq!(conf.trim(), "/etc/gateway/gateway.yaml");
-    let scripts = check(Command::new("rpm").arg("-qp").arg("--scripts").arg(&p.gateway_rpm));
+    let scripts = check(
+        Command::new("rpm")
+            .arg("-qp")
+            .arg("--scripts")
+            .arg(&p.gateway_rpm),
+    );
     assert!(scripts.contains("/etc/gateway/admin-token"));
     assert!(scripts.contains("systemctl enable --now gateway.service"));
     assert!(scripts.contains("systemctl disable --now gateway.service"));
@@ -266,7 +273,7 @@ fn lintian_finds_no_errors_in_the_debs() {
     }
     for deb in [&p.gateway_deb, &p.app_deb] {
         let out = run(Command::new("lintian")
-            .args(["--fail-on", "error", "--no-tag-display-limit"])
+            .args(["--fail-on", "error", "--tag-display-limit", "0"])
             .arg(deb));
         let text = String::from_utf8_lossy(&out.stdout);
         eprintln!("lintian {}:\n{text}", deb.display());
@@ -403,7 +410,9 @@ fn assert_token_made(dir: &Path) {
 #[test]
 fn the_deb_installs_checks_and_removes_in_debian_12() {
     let Some(p) = packages() else { return };
-    let Some(chroot) = debian_chroot() else { return };
+    let Some(chroot) = debian_chroot() else {
+        return;
+    };
     let dir = chroot.path();
     std::fs::copy(&p.gateway_deb, dir.join("tmp/gateway.deb")).unwrap();
     in_chroot_ok(dir, &[], &["dpkg", "-i", "/tmp/gateway.deb"]);
@@ -422,7 +431,10 @@ fn the_deb_installs_checks_and_removes_in_debian_12() {
 
     // A reinstall (upgrade path) keeps the token and a changed config.
     let conf = dir.join("etc/gateway/gateway.yaml");
-    let changed = format!("{}\n# changed by the operator\n", std::fs::read_to_string(&conf).unwrap());
+    let changed = format!(
+        "{}\n# changed by the operator\n",
+        std::fs::read_to_string(&conf).unwrap()
+    );
     std::fs::write(&conf, &changed).unwrap();
     in_chroot_ok(
         dir,
@@ -430,13 +442,19 @@ fn the_deb_installs_checks_and_removes_in_debian_12() {
         &["dpkg", "--force-confold", "-i", "/tmp/gateway.deb"],
     );
     assert_eq!(std::fs::read_to_string(&conf).unwrap(), changed);
-    assert_eq!(std::fs::read(dir.join("etc/gateway/admin-token")).unwrap(), token_before);
+    assert_eq!(
+        std::fs::read(dir.join("etc/gateway/admin-token")).unwrap(),
+        token_before
+    );
 
     in_chroot_ok(dir, &[], &["dpkg", "-r", "gateway"]);
     assert!(!dir.join("usr/bin/gateway").exists());
     assert!(conf.exists(), "remove keeps the conffile");
     in_chroot_ok(dir, &[], &["dpkg", "-P", "gateway"]);
-    assert!(!dir.join("etc/gateway/admin-token").exists(), "purge removes the token");
+    assert!(
+        !dir.join("etc/gateway/admin-token").exists(),
+        "purge removes the token"
+    );
 
     // upstream-app depends on redis-server, which a minbase tree lacks: its
     // scripts and files are checked with that dependency forced.
@@ -458,7 +476,9 @@ fn the_rpm_installs_with_its_scripts_and_checks() {
         return;
     }
     // The scriptlets need a shell and coreutils: a Debian tree provides them.
-    let Some(chroot) = debian_chroot() else { return };
+    let Some(chroot) = debian_chroot() else {
+        return;
+    };
     let dir = chroot.path();
     check(Command::new("rpm").arg("--root").arg(dir).arg("--initdb"));
     for pkg in [&p.gateway_rpm, &p.app_rpm] {
@@ -485,12 +505,12 @@ fn the_rpm_installs_with_its_scripts_and_checks() {
         &CHECK_ENV,
         &["/usr/bin/gateway", "-t", "-c", "/etc/gateway/gateway.yaml"],
     );
-    check(
-        Command::new("rpm")
-            .arg("--root")
-            .arg(dir)
-            .args(["-e", "--nodeps", "gateway", "upstream-app"]),
-    );
+    check(Command::new("rpm").arg("--root").arg(dir).args([
+        "-e",
+        "--nodeps",
+        "gateway",
+        "upstream-app",
+    ]));
     assert!(!dir.join("usr/bin/gateway").exists());
 }
 
@@ -519,7 +539,10 @@ fn units_and_drop_ins_pass_systemd_analyze_verify() {
         std::fs::write(path, text).unwrap();
     };
     copy("deploy/systemd/gateway.service", "gateway.service");
-    copy("deploy/systemd/upstream-app.service", "upstream-app.service");
+    copy(
+        "deploy/systemd/upstream-app.service",
+        "upstream-app.service",
+    );
     copy(
         "deploy/systemd/redis-server.service.d/upstream-app.conf",
         "redis-server.service.d/upstream-app.conf",
@@ -552,7 +575,11 @@ fn units_and_drop_ins_pass_systemd_analyze_verify() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         eprintln!("systemd-analyze verify {unit}: {stderr}");
         assert!(out.status.success(), "{unit}: {stderr}");
-        for name in ["gateway.service", "upstream-app.service", "upstream-app.conf"] {
+        for name in [
+            "gateway.service",
+            "upstream-app.service",
+            "upstream-app.conf",
+        ] {
             assert!(!stderr.contains(name), "warnings about {name}: {stderr}");
         }
     }
@@ -584,7 +611,10 @@ fn the_sysctl_drop_in_sets_backlog_and_port_range() {
         .find(|(k, _)| *k == "net.ipv4.ip_local_port_range")
         .unwrap();
     let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(low > 9180, "local ports from {low} would collide with 5000/6380/9180");
+    assert!(
+        low > 9180,
+        "local ports from {low} would collide with 5000/6380/9180"
+    );
 }
 
 const USER_DATA: &str = "deploy/ec2/user-data.yaml";
@@ -630,8 +660,12 @@ fn user_data_gateway_config_passes_the_check() {
     assert!(conf.contains("\"127.0.0.1:5000\""));
     assert!(conf.contains("ready_path: /.gateway/ready"));
     let script = file("/usr/local/sbin/install-gateway");
-    assert!(script.contains("install -m 0644 /etc/gateway/cloud-init.yaml /etc/gateway/gateway.yaml"));
-    assert!(ud["runcmd"].to_string().contains("/usr/local/sbin/install-gateway"));
+    assert!(
+        script.contains("install -m 0644 /etc/gateway/cloud-init.yaml /etc/gateway/gateway.yaml")
+    );
+    assert!(ud["runcmd"]
+        .to_string()
+        .contains("/usr/local/sbin/install-gateway"));
 
     let dir = tempfile::tempdir().unwrap();
     let gateway = env!("CARGO_BIN_EXE_gateway");
@@ -670,7 +704,11 @@ fn cloudformation_passes_cfn_lint() {
     let out = run(Command::new("cfn-lint").arg(root().join(CFN)));
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("cfn-lint: {text}");
-    assert!(out.status.success(), "cfn-lint: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cfn-lint: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The template's user data is `deploy/ec2/user-data.yaml` with the package
@@ -697,7 +735,10 @@ fn cloudformation_matches_the_user_data_and_opens_80_and_443_only() {
             .unwrap();
         expected = expected.replace(line, &format!("{var}=${{{param}}}"));
     }
-    assert_eq!(embedded, expected, "the template's user data differs from {USER_DATA}");
+    assert_eq!(
+        embedded, expected,
+        "the template's user data differs from {USER_DATA}"
+    );
 
     let ports: Vec<u64> = res["GatewaySecurityGroup"]["Properties"]["SecurityGroupIngress"]
         .as_array()
