@@ -292,7 +292,10 @@ fn rpmlint_finds_no_errors_in_the_rpms() {
         return;
     }
     for rpm in [&p.gateway_rpm, &p.app_rpm] {
-        let out = run(Command::new("rpmlint").arg(rpm));
+        let out = run(Command::new("rpmlint")
+            .arg("-c")
+            .arg(root().join("deploy/rpm/rpmlint.toml"))
+            .arg(rpm));
         let text = String::from_utf8_lossy(&out.stdout);
         eprintln!("rpmlint {}:\n{text}", rpm.display());
         assert!(
