@@ -4,8 +4,9 @@
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Installs missing system packages with apt-get when we can (root on Debian/Ubuntu),
-# otherwise says exactly what to install.
+# Installs missing system packages with apt-get (Debian/Ubuntu) or, where there
+# is no apt-get, dnf (Amazon Linux 2023, Fedora) when we are root; otherwise
+# says exactly what to install.
 ensure_system_deps() {
   local missing=()
   command -v cc >/dev/null 2>&1 || missing+=(gcc)
@@ -18,8 +19,17 @@ ensure_system_deps() {
       export DEBIAN_FRONTEND=noninteractive
       apt-get update -qq >/dev/null || die "apt-get update failed"
       apt-get install -y -qq "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+    elif [ "$(id -u)" = 0 ] && command -v dnf >/dev/null 2>&1; then
+      # Amazon Linux 2023 names Redis redis6 (binary redis6-server): link the
+      # name the scripts and tests use.
+      local dnf_pkgs=("${missing[@]/#redis-server/redis6}")
+      say "installing ${dnf_pkgs[*]} with dnf"
+      dnf install -y -q "${dnf_pkgs[@]}" >/dev/null || die "dnf install ${dnf_pkgs[*]} failed"
+      if ! command -v redis-server >/dev/null 2>&1 && command -v redis6-server >/dev/null 2>&1; then
+        ln -s "$(command -v redis6-server)" /usr/local/bin/redis-server
+      fi
     else
-      die "missing: ${missing[*]}. Install them (Debian/Ubuntu: sudo apt-get install -y ${missing[*]}) and run again."
+      die "missing: ${missing[*]}. Install them (Debian/Ubuntu: sudo apt-get install -y ${missing[*]}; Amazon Linux: sudo dnf install -y ${missing[*]/#redis-server/redis6}) and run again."
     fi
   fi
   if ! command -v cargo >/dev/null 2>&1; then

@@ -21,10 +21,9 @@ fn systemd_unit_verifies_with_systemd_analyze() {
     }
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart's binary exists: point it at the one under test.
-    let unit = std::fs::read_to_string(UNIT).unwrap().replace(
-        "/usr/local/bin/gateway",
-        common::gateway_bin().to_str().unwrap(),
-    );
+    let unit = std::fs::read_to_string(UNIT)
+        .unwrap()
+        .replace("/usr/bin/gateway", common::gateway_bin().to_str().unwrap());
     let path = dir.path().join("gateway.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")
