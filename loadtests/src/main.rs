@@ -19,7 +19,7 @@ use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use loadtests::scenarios::{self, Opts};
 use loadtests::stack::Paths;
-use loadtests::users::{self, Mix};
+use loadtests::users::{self, seed, Mix};
 use loadtests::{parse_secs, record, report};
 
 #[derive(Parser)]
@@ -141,7 +141,7 @@ async fn attack(args: Vec<String>) -> Result<()> {
     if config.co_mitigation.is_none() {
         config.co_mitigation = Some(GooseCoordinatedOmissionMitigation::Average);
     }
-    let mut g = GooseAttack::initialize_with_config(config)?.test_start(transaction!(users::seed));
+    let mut g = GooseAttack::initialize_with_config(config)?.test_start(transaction!(seed));
     for s in users::scenarios(&mix()?)? {
         g = g.register_scenario(s);
     }

@@ -108,64 +108,44 @@ fn chart(
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(70);
-        let draw = |mut c: ChartContext<_, _>| {
-            let _ = c
-                .configure_mesh()
-                .x_desc(x_label)
-                .y_desc(y_label)
-                .draw();
-            let _ = (&mut c, shaded);
-            c
-        };
+        // The same drawing on a linear or a log y axis (different coordinate types).
+        macro_rules! draw {
+            ($c:expr, $y_min:expr) => {{
+                let mut c = $c;
+                let _ = c.configure_mesh().x_desc(x_label).y_desc(y_label).draw();
+                for (a, b, _) in shaded {
+                    let _ = c.draw_series(std::iter::once(Rectangle::new(
+                        [(*a, $y_min), (*b, y_max)],
+                        RGBColor(255, 200, 120).mix(0.35).filled(),
+                    )));
+                }
+                for (i, (name, pts)) in series.iter().enumerate() {
+                    let col = COLORS[i % COLORS.len()];
+                    let pts: Vec<(f64, f64)> =
+                        pts.iter().map(|(x, y)| (*x, y.max($y_min))).collect();
+                    if let Ok(a) = c.draw_series(LineSeries::new(pts, col.stroke_width(2))) {
+                        a.label(name.as_str()).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2))
+                        });
+                    }
+                }
+                let _ = c
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw();
+            }};
+        }
         if log_y {
-            let Ok(mut c) = builder.build_cartesian_2d(0f64..x_max, (1f64..y_max).log_scale()) else {
-                return svg_fallback(title);
-            };
-            let _ = c.configure_mesh().x_desc(x_label).y_desc(y_label).draw();
-            for (a, b, _) in shaded {
-                let _ = c.draw_series(std::iter::once(Rectangle::new(
-                    [(*a, 1.0), (*b, y_max)],
-                    RGBColor(255, 200, 120).mix(0.35).filled(),
-                )));
+            match builder.build_cartesian_2d(0f64..x_max, (1f64..y_max).log_scale()) {
+                Ok(c) => draw!(c, 1.0),
+                Err(_) => return svg_fallback(title),
             }
-            for (i, (name, pts)) in series.iter().enumerate() {
-                let col = COLORS[i % COLORS.len()];
-                let pts: Vec<(f64, f64)> = pts.iter().map(|(x, y)| (*x, y.max(1.0))).collect();
-                if let Ok(a) = c.draw_series(LineSeries::new(pts, col.stroke_width(2))) {
-                    a.label(name.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2))
-                    });
-                }
-            }
-            let _ = c
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw();
         } else {
-            let Ok(c) = builder.build_cartesian_2d(0f64..x_max, 0f64..y_max) else {
-                return svg_fallback(title);
-            };
-            let mut c = draw(c);
-            for (a, b, _) in shaded {
-                let _ = c.draw_series(std::iter::once(Rectangle::new(
-                    [(*a, 0.0), (*b, y_max)],
-                    RGBColor(255, 200, 120).mix(0.35).filled(),
-                )));
+            match builder.build_cartesian_2d(0f64..x_max, 0f64..y_max) {
+                Ok(c) => draw!(c, 0.0),
+                Err(_) => return svg_fallback(title),
             }
-            for (i, (name, pts)) in series.iter().enumerate() {
-                let col = COLORS[i % COLORS.len()];
-                if let Ok(a) = c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2))) {
-                    a.label(name.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2))
-                    });
-                }
-            }
-            let _ = c
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw();
         }
         let _ = root.present();
     }
