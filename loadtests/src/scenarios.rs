@@ -324,7 +324,8 @@ async fn faults(o: &Opts, users: usize, gap_s: u64) -> Result<Outcome> {
                 .iter()
                 .map(|(_, s)| (*s).max(ONE_OFF_WINDOW_S) + gap_s)
                 .sum::<u64>()
-            + 10;
+            // Restarts and the upgrade's drain take some seconds of their own.
+            + 40;
         let plan: Plan = vec![(users, ramp_s), (users, hold), (0, 1)];
         let file = format!("goose-{name}.html");
         let host = target.url.clone();
@@ -396,7 +397,7 @@ async fn faults(o: &Opts, users: usize, gap_s: u64) -> Result<Outcome> {
 /// Runs `o.scenario`; returns its summary and outcome.
 pub async fn run(o: &Opts) -> Result<(Summary, Outcome)> {
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    let started = httpdate_rfc3339();
+    let started = now_rfc3339();
     let outcome = match o.scenario.as_str() {
         "smoke" => {
             steady_or_ramp(o, &[o.users.unwrap_or(10)], 2, o.duration.unwrap_or(10)).await?
@@ -468,7 +469,7 @@ pub fn summarize(scenario: &str, started: &str, o: &Outcome) -> Summary {
     }
 }
 
-fn httpdate_rfc3339() -> String {
+fn now_rfc3339() -> String {
     // RFC 3339 in UTC from the system clock, without a date crate.
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -523,7 +524,7 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T09:46:40Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
     }
 
     #[test]
