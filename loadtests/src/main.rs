@@ -137,7 +137,6 @@ async fn attack(args: Vec<String>) -> Result<()> {
         return Err(anyhow!("set TARGET=URL (or --host URL)"));
     }
     config.no_telnet = true;
-    config.no_websocket = true;
     if config.co_mitigation.is_none() {
         config.co_mitigation = Some(GooseCoordinatedOmissionMitigation::Average);
     }

@@ -21,7 +21,10 @@ pub fn table(s: &Summary, phases: &[Phase]) -> String {
         "| {:<15} | {:>5} | {:>6} | {:>8} | {:>7} | {:>8} | {:>8} | {:>8} | {:>6} | {:>8} | {:>7} |",
         "target", "users", "secs", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "error %", "gen cpu"
     );
-    let _ = writeln!(t, "|{}|", ["-"; 11].map(|_| "").join("---|").replace("|", "-|"));
+    let _ = writeln!(
+        t,
+        "|-----------------|-------|--------|----------|---------|----------|----------|----------|--------|----------|---------|"
+    );
     for (i, x) in s.targets.iter().enumerate() {
         let cpu = phases.get(i).map_or(0.0, |p| p.loadgen_cpu);
         let _ = writeln!(

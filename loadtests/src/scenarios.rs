@@ -136,7 +136,6 @@ async fn attack(label: &str, host: &str, plan: &Plan, mix: &Mix, report: &Path) 
     config.co_mitigation = Some(GooseCoordinatedOmissionMitigation::Average);
     config.timeout = Some("10".into());
     config.no_telnet = true;
-    config.no_websocket = true;
     config.no_print_metrics = true;
     config.no_error_summary = true;
     config.quiet = 1;
