@@ -313,7 +313,8 @@ async fn faults(o: &Opts, users: usize, gap_s: u64) -> Result<Outcome> {
         bail!("faults needs the local setups (it kills and restarts them): unset TARGET");
     }
     let mut out = Outcome::default();
-    let (ramp_s, settle_s) = (30u64, 15u64);
+    // A few users (a quick check of the scenario itself) need no long ramp.
+    let (ramp_s, settle_s) = if users <= 50 { (5, 5) } else { (30u64, 15u64) };
     for kind in [Kind::LegacyGateway, Kind::AppGateway] {
         let name = kind.name().to_owned();
         eprintln!("==> faults: starting {name} (with the delaying proxy)");
