@@ -23,7 +23,11 @@ use loadtests::users::{self, seed, Mix};
 use loadtests::{parse_secs, record, report};
 
 #[derive(Parser)]
-#[command(name = "loadtest", version, about = "Realistic load scenarios on goose")]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Realistic load scenarios on goose"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -61,7 +65,12 @@ fn mix() -> Result<Mix> {
     Mix::parse(env("WEIGHTS").as_deref(), env("THINK").as_deref()).map_err(|e| anyhow!(e))
 }
 
-async fn run(scenario: String, bin_dir: PathBuf, root: PathBuf, out: Option<PathBuf>) -> Result<bool> {
+async fn run(
+    scenario: String,
+    bin_dir: PathBuf,
+    root: PathBuf,
+    out: Option<PathBuf>,
+) -> Result<bool> {
     let users = env("USERS")
         .map(|u| u.parse::<usize>().context("USERS: a number of users"))
         .transpose()?;
@@ -91,14 +100,21 @@ async fn run(scenario: String, bin_dir: PathBuf, root: PathBuf, out: Option<Path
         opts.out.join("summary.json"),
         serde_json::to_string_pretty(&summary)? + "\n",
     )?;
-    std::fs::write(opts.out.join("report.html"), report::page(&summary, &outcome))?;
+    std::fs::write(
+        opts.out.join("report.html"),
+        report::page(&summary, &outcome),
+    )?;
     println!();
     print!("{}", report::table(&summary, &outcome.phases));
     if scenario == "ramp" {
         println!();
         for (n, p, e) in report::breaking_points(&summary) {
             let f = |x: Option<usize>| x.map_or("not reached".to_owned(), |u| format!("{u} users"));
-            println!("{n}: p99 passes 0.5 s at {}, errors pass 0.1 % at {}", f(p), f(e));
+            println!(
+                "{n}: p99 passes 0.5 s at {}, errors pass 0.1 % at {}",
+                f(p),
+                f(e)
+            );
         }
     }
     println!(
@@ -114,7 +130,10 @@ async fn run(scenario: String, bin_dir: PathBuf, root: PathBuf, out: Option<Path
                 .filter(|s| !((200..300).contains(&s.status) || s.status == 304))
                 .count();
             if bad > 0 || samples.is_empty() {
-                eprintln!("smoke: {name}: {bad} of {} requests did not succeed", samples.len());
+                eprintln!(
+                    "smoke: {name}: {bad} of {} requests did not succeed",
+                    samples.len()
+                );
                 ok = false;
             }
         }

@@ -113,7 +113,10 @@ mod tests {
 
     #[test]
     fn ten_times_slower_adds_nine_times_the_app_time() {
-        assert_eq!(extra_delay(Duration::from_millis(100), 10), Duration::from_millis(900));
+        assert_eq!(
+            extra_delay(Duration::from_millis(100), 10),
+            Duration::from_millis(900)
+        );
         assert_eq!(extra_delay(Duration::from_millis(100), 1), Duration::ZERO);
         assert_eq!(extra_delay(Duration::from_millis(100), 0), Duration::ZERO);
     }

@@ -66,7 +66,12 @@ pub fn count() -> usize {
 pub fn since(from_ms: u64) -> Vec<Sample> {
     SAMPLES
         .lock()
-        .map(|v| v.iter().filter(|s| s.start_ms >= from_ms).copied().collect())
+        .map(|v| {
+            v.iter()
+                .filter(|s| s.start_ms >= from_ms)
+                .copied()
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -11,7 +11,11 @@ use crate::scenarios::{Outcome, Phase};
 use crate::stats;
 use crate::summary::Summary;
 
-const COLORS: [RGBColor; 3] = [RGBColor(214, 39, 40), RGBColor(31, 119, 180), RGBColor(44, 160, 44)];
+const COLORS: [RGBColor; 3] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+];
 
 /// The plain-text table printed at the end of a run.
 pub fn table(s: &Summary, phases: &[Phase]) -> String {
@@ -41,7 +45,10 @@ pub fn table(s: &Summary, phases: &[Phase]) -> String {
             "| {:<15} | {:<10} | {:>8} | {:>6} | {:>6} | {:>10} |",
             "target", "fault", "requests", "errors", "stale", "recovery s"
         );
-        let _ = writeln!(t, "|-----------------|------------|----------|--------|--------|------------|");
+        let _ = writeln!(
+            t,
+            "|-----------------|------------|----------|--------|--------|------------|"
+        );
         for f in &s.faults {
             let _ = writeln!(
                 t,
@@ -85,7 +92,9 @@ pub fn breaking_points(s: &Summary) -> Vec<(String, Option<usize>, Option<usize>
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A line chart: one series per (name, points); shaded x ranges; log y when asked.
@@ -104,7 +113,10 @@ fn chart(
         let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
         let ys = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
         let x_max = xs.fold(1.0f64, f64::max);
-        let y_max = ys.fold(0.0f64, f64::max).max(if log_y { 10.0 } else { 0.001 }) * 1.1;
+        let y_max = ys
+            .fold(0.0f64, f64::max)
+            .max(if log_y { 10.0 } else { 0.001 })
+            * 1.1;
         let mut builder = ChartBuilder::on(&root);
         builder
             .caption(title, ("sans-serif", 18))
@@ -205,18 +217,46 @@ pub fn page(s: &Summary, o: &Outcome) -> String {
         h.push_str("<h2>Where each setup breaks</h2><table><tr><th>target</th><th>p99 passes 0.5 s at</th><th>errors pass 0.1 % at</th></tr>");
         for (n, p, e) in breaking_points(s) {
             let f = |x: Option<usize>| x.map_or("not reached".into(), |u| format!("{u} users"));
-            let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&n), f(p), f(e));
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&n),
+                f(p),
+                f(e)
+            );
         }
         h.push_str("</table>");
         let mut p99 = Vec::new();
         let mut err = Vec::new();
         for (n, _, _) in breaking_points(s) {
             let rows: Vec<_> = s.targets.iter().filter(|t| t.name == n).collect();
-            p99.push((n.clone(), rows.iter().map(|t| (t.users as f64, t.p99_ms)).collect()));
-            err.push((n.clone(), rows.iter().map(|t| (t.users as f64, t.error_rate * 100.0)).collect()));
+            p99.push((
+                n.clone(),
+                rows.iter().map(|t| (t.users as f64, t.p99_ms)).collect(),
+            ));
+            err.push((
+                n.clone(),
+                rows.iter()
+                    .map(|t| (t.users as f64, t.error_rate * 100.0))
+                    .collect(),
+            ));
         }
-        h.push_str(&chart("p99 latency against users", "users", "p99 ms (log)", &p99, &[], true));
-        h.push_str(&chart("error rate against users", "users", "error %", &err, &[], false));
+        h.push_str(&chart(
+            "p99 latency against users",
+            "users",
+            "p99 ms (log)",
+            &p99,
+            &[],
+            true,
+        ));
+        h.push_str(&chart(
+            "error rate against users",
+            "users",
+            "error %",
+            &err,
+            &[],
+            false,
+        ));
     }
     for (name, start, samples) in &o.runs {
         let end = samples.last().map_or(*start, |x| x.start_ms);
@@ -234,8 +274,14 @@ pub fn page(s: &Summary, o: &Outcome) -> String {
             })
             .collect();
         let lat = vec![
-            ("p50".to_owned(), pts.iter().map(|p| (p.t_s, p.p50_ms)).collect()),
-            ("p99".to_owned(), pts.iter().map(|p| (p.t_s, p.p99_ms)).collect()),
+            (
+                "p50".to_owned(),
+                pts.iter().map(|p| (p.t_s, p.p50_ms)).collect(),
+            ),
+            (
+                "p99".to_owned(),
+                pts.iter().map(|p| (p.t_s, p.p99_ms)).collect(),
+            ),
         ];
         let _ = write!(h, "<h2>{} over time</h2>", esc(name));
         if !shaded.is_empty() {
@@ -253,9 +299,10 @@ pub fn page(s: &Summary, o: &Outcome) -> String {
             &shaded,
             true,
         ));
-        let er = vec![
-            ("error %".to_owned(), pts.iter().map(|p| (p.t_s, p.error_rate * 100.0)).collect()),
-        ];
+        let er = vec![(
+            "error %".to_owned(),
+            pts.iter().map(|p| (p.t_s, p.error_rate * 100.0)).collect(),
+        )];
         h.push_str(&chart(
             &format!("{name}: error rate per second"),
             "seconds since the users started",
@@ -264,7 +311,10 @@ pub fn page(s: &Summary, o: &Outcome) -> String {
             &shaded,
             false,
         ));
-        let rps = vec![("req/s".to_owned(), pts.iter().map(|p| (p.t_s, p.rps)).collect())];
+        let rps = vec![(
+            "req/s".to_owned(),
+            pts.iter().map(|p| (p.t_s, p.rps)).collect(),
+        )];
         h.push_str(&chart(
             &format!("{name}: requests per second"),
             "seconds since the users started",
@@ -318,7 +368,10 @@ mod tests {
         };
         assert_eq!(
             breaking_points(&s),
-            vec![("a".into(), Some(200), Some(1000)), ("b".into(), None, None)]
+            vec![
+                ("a".into(), Some(200), Some(1000)),
+                ("b".into(), None, None)
+            ]
         );
         let page = page(&s, &Outcome::default());
         assert!(page.contains("<svg"), "the plots are inline SVG");

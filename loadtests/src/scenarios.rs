@@ -117,7 +117,11 @@ pub fn users_at(plan: &Plan, t_s: f64) -> usize {
     for &(to, secs) in plan {
         let end = t0 + secs as f64;
         if t_s < end {
-            let frac = if secs == 0 { 1.0 } else { (t_s - t0) / secs as f64 };
+            let frac = if secs == 0 {
+                1.0
+            } else {
+                (t_s - t0) / secs as f64
+            };
             return (from as f64 + (to as f64 - from as f64) * frac).round() as usize;
         }
         from = to;
@@ -255,7 +259,10 @@ async fn steady_or_ramp(o: &Opts, levels: &[usize], ramp_s: u64, hold_s: u64) ->
         if let Some(mut t) = target {
             let gone = t.exited();
             if !gone.is_empty() {
-                eprintln!("warning: {gone:?} exited during the run (logs: {})", t.log_dir().display());
+                eprintln!(
+                    "warning: {gone:?} exited during the run (logs: {})",
+                    t.log_dir().display()
+                );
             }
         }
     }
@@ -360,11 +367,12 @@ async fn faults(o: &Opts, users: usize, gap_s: u64) -> Result<Outcome> {
         });
         let label = format!("faults {name}");
         let r = attack(&label, &host, &plan, &o.mix, &o.out.join(&file)).await;
-        let (mut target, windows) = match tokio::time::timeout(Duration::from_secs(60), driver).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => bail!("the fault driver failed: {e}"),
-            Err(_) => bail!("the fault driver did not finish"),
-        };
+        let (mut target, windows) =
+            match tokio::time::timeout(Duration::from_secs(60), driver).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => bail!("the fault driver failed: {e}"),
+                Err(_) => bail!("the fault driver did not finish"),
+            };
         let start = r?;
         let end_ms = start + (ramp_s + hold) * 1000;
         for (i, (fname, s, e)) in windows.iter().enumerate() {
@@ -388,7 +396,10 @@ async fn faults(o: &Opts, users: usize, gap_s: u64) -> Result<Outcome> {
         out.goose_reports.push((name.clone(), file));
         let gone = target.exited();
         if !gone.is_empty() {
-            eprintln!("warning: {gone:?} exited during the run (logs: {})", target.log_dir().display());
+            eprintln!(
+                "warning: {gone:?} exited during the run (logs: {})",
+                target.log_dir().display()
+            );
         }
     }
     Ok(out)
@@ -399,9 +410,7 @@ pub async fn run(o: &Opts) -> Result<(Summary, Outcome)> {
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let started = now_rfc3339();
     let outcome = match o.scenario.as_str() {
-        "smoke" => {
-            steady_or_ramp(o, &[o.users.unwrap_or(10)], 2, o.duration.unwrap_or(10)).await?
-        }
+        "smoke" => steady_or_ramp(o, &[o.users.unwrap_or(10)], 2, o.duration.unwrap_or(10)).await?,
         "seed-200" => {
             steady_or_ramp(o, &[o.users.unwrap_or(200)], 30, o.duration.unwrap_or(120)).await?
         }
@@ -538,7 +547,10 @@ mod tests {
                 stale: false,
             })
             .collect();
-        for s in samples.iter_mut().filter(|s| (20_000..30_000).contains(&s.start_ms)) {
+        for s in samples
+            .iter_mut()
+            .filter(|s| (20_000..30_000).contains(&s.start_ms))
+        {
             s.status = 502;
         }
         let o = Outcome {

@@ -250,10 +250,22 @@ impl Target {
     /// append-only file, as on a server, so a restart keeps the accounts.
     pub async fn start_redis(&mut self) -> Result<()> {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.redis_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
-            .arg("--dir")
-            .arg(self.dir.join("redis"));
+        cmd.args([
+            "--port",
+            &self.redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ])
+        .arg("--dir")
+        .arg(self.dir.join("redis"));
         self.redis = Some(spawn("redis", cmd, &self.dir, libc::SIGTERM)?);
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.redis_port))
@@ -315,11 +327,17 @@ impl Target {
         cmd.arg("-c")
             .arg(self.paths.root.join(conf))
             .env("GATEWAY_LISTEN", format!("127.0.0.1:{}", self.gateway_port))
-            .env("GATEWAY_ADMIN__LISTEN", format!("127.0.0.1:{}", self.admin_port))
+            .env(
+                "GATEWAY_ADMIN__LISTEN",
+                format!("127.0.0.1:{}", self.admin_port),
+            )
             .env("GATEWAY_ADMIN__TOKEN", &self.token)
             .env("GATEWAY_PID_FILE", self.dir.join("gateway.pid"))
             .env("GATEWAY_UPGRADE_SOCK", self.dir.join("upgrade.sock"))
-            .env("GATEWAY_UPSTREAMS__APP__SERVERS", format!("[\"{upstream}\"]"))
+            .env(
+                "GATEWAY_UPSTREAMS__APP__SERVERS",
+                format!("[\"{upstream}\"]"),
+            )
             .env("RUST_LOG", "warn");
         spawn("gateway", cmd, &self.dir, libc::SIGINT)
     }
@@ -414,7 +432,11 @@ impl Drop for Target {
     fn drop(&mut self) {
         self.proxy.take();
         let procs = [self.gateway.take(), self.app.take(), self.redis.take()];
-        for mut p in procs.into_iter().flatten().chain(self.old_gateways.drain(..)) {
+        for mut p in procs
+            .into_iter()
+            .flatten()
+            .chain(self.old_gateways.drain(..))
+        {
             p.stop();
         }
         if std::env::var_os("KEEP").is_none() {

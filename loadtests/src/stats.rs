@@ -77,7 +77,11 @@ pub fn summarize(samples: &[Sample], from_ms: u64, to_ms: u64) -> Stats {
     let secs = to_ms.saturating_sub(from_ms) as f64 / 1000.0;
     Stats {
         requests,
-        rps: if secs > 0.0 { requests as f64 / secs } else { 0.0 },
+        rps: if secs > 0.0 {
+            requests as f64 / secs
+        } else {
+            0.0
+        },
         p50_ms: percentile(&lat, 50.0),
         p95_ms: percentile(&lat, 95.0),
         p99_ms: percentile(&lat, 99.0),
@@ -108,8 +112,7 @@ pub fn healthy(w: &[Sample]) -> bool {
     }
     let errors = w.iter().filter(|s| s.is_error()).count();
     let lat = sorted_latencies(w);
-    (errors as f64) < HEALTHY_ERROR_RATE * w.len() as f64
-        && percentile(&lat, 99.0) < HEALTHY_P99_MS
+    (errors as f64) < HEALTHY_ERROR_RATE * w.len() as f64 && percentile(&lat, 99.0) < HEALTHY_P99_MS
 }
 
 /// Seconds from the end of a fault to the start of the first 10 s window
@@ -177,7 +180,10 @@ mod tests {
     /// `per_s` requests per second from `from` to `to`, each `lat` ms, status `st`.
     fn steady(from: u64, to: u64, per_s: u64, lat: f32, st: u16) -> Vec<Sample> {
         let step = 1000 / per_s;
-        (from..to).step_by(step as usize).map(|t| s(t, lat, st)).collect()
+        (from..to)
+            .step_by(step as usize)
+            .map(|t| s(t, lat, st))
+            .collect()
     }
 
     #[test]

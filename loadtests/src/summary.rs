@@ -147,6 +147,9 @@ mod tests {
             ["during", "name", "recovery_s", "target"]
         );
         assert!(v["faults"][0]["recovery_s"].is_null());
-        assert_eq!(keys(&v["faults"][0]["during"]), ["errors", "requests", "stale"]);
+        assert_eq!(
+            keys(&v["faults"][0]["during"]),
+            ["errors", "requests", "stale"]
+        );
     }
 }

@@ -186,7 +186,12 @@ pub async fn send(
     });
     if record::is_error(answer.status) {
         if goose.request.success {
-            user.set_failure("transport failure or overload", &mut goose.request, None, None)?;
+            user.set_failure(
+                "transport failure or overload",
+                &mut goose.request,
+                None,
+                None,
+            )?;
         }
     } else if !goose.request.success {
         user.set_success(&mut goose.request)?;
@@ -300,7 +305,8 @@ const PASSWORD: &str = "load-test-password";
 /// Registers a new account and logs in; the token, or `None` when either failed.
 async fn register_and_login(user: &mut GooseUser) -> Result<Option<String>, Box<TransactionError>> {
     let name = fresh_name();
-    let reg = json!({ "username": name, "email": format!("{name}@example.com"), "password": PASSWORD });
+    let reg =
+        json!({ "username": name, "email": format!("{name}@example.com"), "password": PASSWORD });
     let a = send(
         user,
         GooseMethod::Post,
@@ -373,7 +379,8 @@ async fn member_create(user: &mut GooseUser) -> TransactionResult {
     };
     let auth = format!("Bearer {token}");
     let n: u32 = rand::rng().random();
-    let body = json!({ "name": format!("item {n:08x}"), "description": "made by a load-test member" });
+    let body =
+        json!({ "name": format!("item {n:08x}"), "description": "made by a load-test member" });
     let a = send(
         user,
         GooseMethod::Post,
@@ -399,7 +406,8 @@ async fn member_update(user: &mut GooseUser) -> TransactionResult {
     };
     let auth = format!("Bearer {token}");
     let n: u32 = rand::rng().random();
-    let body = json!({ "name": format!("item {n:08x}"), "description": "updated by a load-test member" });
+    let body =
+        json!({ "name": format!("item {n:08x}"), "description": "updated by a load-test member" });
     let a = send(
         user,
         GooseMethod::Put,
@@ -515,7 +523,10 @@ mod tests {
         assert_eq!(m.weights, [1, 0, 0]);
         assert_eq!(m.think, (Duration::ZERO, Duration::ZERO));
         let m = Mix::parse(None, Some("0.5-1")).unwrap();
-        assert_eq!(m.think, (Duration::from_millis(500), Duration::from_secs(1)));
+        assert_eq!(
+            m.think,
+            (Duration::from_millis(500), Duration::from_secs(1))
+        );
         for (w, t) in [
             (Some("1,2"), None),
             (Some("a,b,c"), None),
