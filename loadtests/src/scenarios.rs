@@ -224,18 +224,7 @@ async fn steady_or_ramp(o: &Opts, levels: &[usize], ramp_s: u64, hold_s: u64) ->
         }
         plan.push((0, 1));
         let file = format!("goose-{name}.html");
-        // CPU of this process sampled each second during the attack.
-        let cpu: Arc<std::sync::Mutex<Vec<(u64, f64)>>> = Arc::default();
-        let c = cpu.clone();
-        let sampler = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                if let Ok(mut v) = c.lock() {
-                    v.push((record::now_ms(), own_cpu_seconds()));
-                }
-            }
-        });
+        let (sampler, cpu) = cpu_sampler();
         let label = format!("{} {name}", o.scenario);
         let r = attack(&label, &host, &plan, &o.mix, &o.out.join(&file)).await;
         sampler.abort();
@@ -267,6 +256,24 @@ async fn steady_or_ramp(o: &Opts, levels: &[usize], ramp_s: u64, hold_s: u64) ->
         }
     }
     Ok(out)
+}
+
+/// CPU seconds of this process sampled each second, until the task is aborted.
+type CpuSamples = Arc<std::sync::Mutex<Vec<(u64, f64)>>>;
+
+fn cpu_sampler() -> (tokio::task::JoinHandle<()>, CpuSamples) {
+    let cpu: CpuSamples = Arc::default();
+    let c = cpu.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Ok(mut v) = c.lock() {
+                v.push((record::now_ms(), own_cpu_seconds()));
+            }
+        }
+    });
+    (task, cpu)
 }
 
 /// CPU use (% of one core) between two times, from (ms, cpu seconds) samples.
@@ -366,7 +373,10 @@ async fn faults(o: &Opts, users: usize, gap_s: u64) -> Result<Outcome> {
             (target, windows)
         });
         let label = format!("faults {name}");
+        let (sampler, cpu) = cpu_sampler();
         let r = attack(&label, &host, &plan, &o.mix, &o.out.join(&file)).await;
+        sampler.abort();
+        let cpu = cpu.lock().map(|v| v.clone()).unwrap_or_default();
         let (mut target, windows) =
             match tokio::time::timeout(Duration::from_secs(60), driver).await {
                 Ok(Ok(v)) => v,
@@ -390,7 +400,7 @@ async fn faults(o: &Opts, users: usize, gap_s: u64) -> Result<Outcome> {
             users,
             from_ms: start + ramp_s * 1000,
             to_ms: end_ms,
-            loadgen_cpu: 0.0,
+            loadgen_cpu: cpu_between(&cpu, start + ramp_s * 1000, end_ms),
         });
         out.runs.push((name.clone(), start, record::take()));
         out.goose_reports.push((name.clone(), file));
