@@ -23,10 +23,12 @@
 //! - [`limits`]: concurrency limits and FIFO queues (per route, per upstream).
 //! - [`lifecycle`]: signals (reload, drain, upgrade), pid file.
 //! - [`server`]: wiring of the Pingora server from a config, and process start.
+//! - [`alloc`]: allocator settings (memory back to the system), heap profiling.
 
 pub mod access_log;
 pub mod adaptive;
 pub mod admin;
+pub mod alloc;
 pub mod breaker;
 pub mod cache;
 pub mod cli;
