@@ -7,7 +7,9 @@
 //! `libmimalloc-sys` 0.1.49 builds (`include/mimalloc.h`, `mi_option_t`); the
 //! crate's own constants follow v2's numbering, which v3 changed.
 
+use std::cell::Cell;
 use std::os::raw::{c_int, c_long};
+use std::sync::Mutex;
 
 use libmimalloc_sys as _; // links mimalloc, whichever allocator is global
 
@@ -37,10 +39,38 @@ pub fn configure() {
     }
 }
 
-/// Asks the allocator to give free memory back now (after a large purge).
+/// The runtimes of the threads that serve requests. mimalloc hands a block
+/// freed by another thread (a purge runs on the admin thread) back to the
+/// owning thread, which frees its pages only when it next collects: an idle
+/// worker would keep them. One handle per thread, so this stays tiny.
+static WORKERS: Mutex<Vec<tokio::runtime::Handle>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Records the calling request thread's runtime, once per thread (a
+/// thread-local check afterwards).
+pub fn register_worker() {
+    if REGISTERED.with(|r| r.replace(true)) {
+        return;
+    }
+    if let (Ok(handle), Ok(mut workers)) = (tokio::runtime::Handle::try_current(), WORKERS.lock()) {
+        workers.push(handle);
+    }
+}
+
+/// Asks the allocator to give free memory back now (after a large purge): on
+/// this thread, and on every request thread (as a task on its runtime).
 pub fn release() {
     // SAFETY: collects the calling thread's heap and the shared arenas.
     unsafe { mi_collect(true) }
+    if let Ok(workers) = WORKERS.lock() {
+        for handle in workers.iter() {
+            // SAFETY: as above, on that worker's own thread.
+            handle.spawn(async { unsafe { mi_collect(true) } });
+        }
+    }
 }
 
 /// With the `dhat-heap` feature: profiles the heap from now for
