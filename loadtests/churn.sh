@@ -15,7 +15,8 @@
 #   loadtests/churn.sh                                # DURATION=300s KEYS=5000000 CACHE=64MiB
 #   DURATION=120s KEYS=200000 loadtests/churn.sh
 #   SOAK=1 loadtests/churn.sh                         # 2 h, a sample a minute
-#   GATEWAY_BIN=/path/to/gateway BUILD=0 loadtests/churn.sh   # another binary
+#   BIN=/path/to/gateway BUILD=0 loadtests/churn.sh  # another binary (not GATEWAY_*:
+#                                                   # the gateway reads those)
 #
 # The report goes to $REPORT (default target/loadtests/churn-<time>.txt) and
 # stdout. Only 127.0.0.1 is used; everything started is stopped by PID.
@@ -32,7 +33,7 @@ INTERVAL=${INTERVAL:-10}
 KEYS=${KEYS:-5000000}
 CACHE=${CACHE:-64MiB}
 CONNS=${CONNS:-200}
-GATEWAY_BIN=${GATEWAY_BIN:-target/release/gateway}
+BIN=${BIN:-target/release/gateway}
 mkdir -p target/loadtests
 REPORT=${REPORT:-target/loadtests/churn-$(date +%Y%m%d-%H%M%S).txt}
 
@@ -48,7 +49,7 @@ if [ "${BUILD:-1}" = 1 ]; then
   ensure_system_deps
   cargo build --release --locked -p gateway >/dev/null
 fi
-[ -x "$GATEWAY_BIN" ] || die "no gateway binary at $GATEWAY_BIN"
+[ -x "$BIN" ] || die "no gateway binary at $BIN"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
@@ -90,7 +91,7 @@ routes:
   - { name: pass, match: { path_prefix: / }, upstream: origin }
 YAML
 # Pingora logs every client that hangs up mid-body at ERROR: keep that out of the report.
-RUST_LOG=error taskset -c 0 "$GATEWAY_BIN" -c "$dir/gateway.yaml" 2>"$dir/gateway.log" & pids+=($!)
+RUST_LOG=error taskset -c 0 "$BIN" -c "$dir/gateway.yaml" 2>"$dir/gateway.log" & pids+=($!)
 GW_PID=$!
 wait_http "http://127.0.0.1:$ORIGIN/x" 20 || die "origin did not come up"
 wait_http "http://127.0.0.1:$GW_ADMIN/ready" 30 || die "gateway did not come up"
@@ -127,7 +128,7 @@ secs() { # 300s, 5m, 2h -> seconds
 total=$(secs "$DURATION")
 
 {
-  echo "churn: $(date -u +%FT%TZ), gateway $GATEWAY_BIN ($(git rev-parse --short HEAD 2>/dev/null || echo ?))"
+  echo "churn: $(date -u +%FT%TZ), gateway $BIN (work tree at $(git rev-parse --short HEAD 2>/dev/null || echo ?))"
   echo "cache.max_size $CACHE, threads 1, wrk -c$CONNS -d$DURATION, key space $KEYS, 2 KiB bodies, max-age=5"
   echo "gateway on core 0, wrk + nginx origin on core 1 (2 shared cores: CPU figures are noisy)"
   echo
