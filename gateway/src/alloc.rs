@@ -74,17 +74,18 @@ pub fn release() {
 }
 
 /// With the `dhat-heap` feature: profiles the heap from now for
-/// `GATEWAY_DHAT_SECS` seconds (default 60), then writes `GATEWAY_DHAT_FILE`
+/// `DHAT_SECS` seconds (default 60), then writes `DHAT_FILE`
 /// (default `dhat-heap.json`; view it with dhat's `dh_view.html`). The
 /// gateway keeps running; Pingora exits without dropping anything, so the
-/// profile is written on a timer rather than at exit.
+/// profile is written on a timer rather than at exit. (Not `GATEWAY_*`
+/// variables: those are configuration.)
 #[cfg(feature = "dhat-heap")]
 pub fn dhat_profile() {
-    let secs: u64 = std::env::var("GATEWAY_DHAT_SECS")
+    let secs: u64 = std::env::var("DHAT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let file = std::env::var("GATEWAY_DHAT_FILE").unwrap_or_else(|_| "dhat-heap.json".into());
+    let file = std::env::var("DHAT_FILE").unwrap_or_else(|_| "dhat-heap.json".into());
     let (started, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let profiler = dhat::Profiler::builder()

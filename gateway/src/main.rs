@@ -5,7 +5,7 @@
 //! `curl http://127.0.0.1:9180/health` (admin).
 //!
 //! Heap profile: `cargo build --release -p gateway --features dhat-heap`, run
-//! with `GATEWAY_DHAT_SECS=60` (see `gateway::alloc::dhat_profile`).
+//! with `DHAT_SECS=60` (see `gateway::alloc::dhat_profile`).
 
 use clap::Parser;
 
