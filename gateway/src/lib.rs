@@ -25,10 +25,12 @@
 //! - [`lifecycle`]: signals (reload, drain, upgrade), pid file.
 //! - [`preflight`]: can the running user write the pid file, upgrade socket, access log.
 //! - [`server`]: wiring of the Pingora server from a config, and process start.
+//! - [`alloc`]: allocator settings (memory back to the system), heap profiling.
 
 pub(crate) mod access_log;
 pub(crate) mod adaptive;
 pub(crate) mod admin;
+pub mod alloc;
 pub(crate) mod breaker;
 pub(crate) mod cache;
 pub mod cli;

@@ -83,6 +83,10 @@ pub fn execute(req: &PurgeRequest, snap: &Snapshot) -> Result<usize, String> {
         store.purge_where(req.soft, |_, _| true)
     };
     crate::metrics::cache_purged(n);
+    if n > 0 && !req.soft {
+        // The entries' memory is free now: give it back to the system at once.
+        crate::alloc::release();
+    }
     Ok(n)
 }
 

@@ -1,7 +1,12 @@
 //! In-memory cache storage on `quick_cache`, bounded in bytes.
 //!
-//! Each entry weighs its body, its stored header and a fixed per-entry
-//! overhead, so resident memory stays near `cache.max_size`. The shard count is
+//! Each entry weighs what it really holds on the heap: its body, its header
+//! (the map slots, the names and values) and a fixed per-entry overhead
+//! (measured: see `tests/cache_memory.rs`), so resident memory stays near
+//! `cache.max_size`. A stored header owns one compact buffer for its names and
+//! values: a header parsed by Pingora points into the connection's header read
+//! buffer (4 KiB or more), which a stored slice of it would keep alive for as
+//! long as the entry lives. The shard count is
 //! chosen so that every object up to `cache.max_object_size` fits in a shard
 //! (quick_cache silently refuses an item heavier than about 97 % of one
 //! shard). Hits hand out the stored `Bytes` without copying the body.
@@ -21,14 +26,20 @@ use pingora::cache::storage::{
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
 use pingora::http::ResponseHeader;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType, OrErr, Result};
 use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, Weighter};
 
 use crate::metrics;
 
-/// Bytes charged per entry beyond body and header: key, map slot, `Arc`s, meta.
+/// Bytes charged per entry beyond its body, header, URI and tags: the
+/// `Arc<Entry>`, quick_cache's slot and table index, the `Bytes` control
+/// blocks, allocator rounding (measured by `tests/cache_memory.rs`).
 pub const ENTRY_OVERHEAD: u64 = 512;
+
+/// Heap bytes per header-map slot: a `HeaderMap` bucket (name, value, links,
+/// hash, index) and the case-preserving map's bucket beside it.
+const HEADER_SLOT: u64 = 224;
 
 /// One stored response: the metadata kept parsed, so that a hit rebuilds its
 /// `CacheMeta` from fields instead of decompressing and parsing the header.
@@ -40,6 +51,7 @@ struct Entry {
     /// Purge tags from `Surrogate-Key` / `Cache-Tag` (space or comma separated).
     tags: Arc<[String]>,
     header: ResponseHeader,
+    /// Heap bytes of everything but the body (header, URI, tags); see [`Entry::weight`].
     header_bytes: u64,
     fresh_until: SystemTime,
     created: SystemTime,
@@ -52,7 +64,7 @@ struct Entry {
 
 impl Entry {
     fn new(primary: HashBinary, uri: Arc<str>, meta: &CacheMeta, body: Bytes) -> Entry {
-        let header = meta.response_header_copy();
+        let (header, compact_len) = compact_header(meta.response_header());
         let tags: Vec<String> = ["surrogate-key", "cache-tag"]
             .iter()
             .flat_map(|h| header.headers.get_all(*h))
@@ -61,12 +73,9 @@ impl Entry {
             .filter(|t| !t.is_empty())
             .map(str::to_owned)
             .collect();
-        let header_bytes = header
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
-            .sum::<u64>()
-            + 64;
+        let header_bytes = header_heap_bytes(&header, compact_len)
+            + uri.len() as u64
+            + tags.iter().map(|t| t.len() as u64 + 32).sum::<u64>();
         Entry {
             primary,
             uri,
@@ -107,6 +116,93 @@ impl Entry {
     }
 }
 
+/// A copy of `src` whose names and values are slices of one exact-size buffer
+/// of their own (not of Pingora's header read buffer); returns it with the
+/// buffer's length.
+fn compact_header(src: &ResponseHeader) -> (ResponseHeader, usize) {
+    let pairs: Vec<(&[u8], &http::HeaderValue)> = if src.has_case() {
+        src.case_header_iter()
+            .map(|(n, v)| (n.as_slice(), v))
+            .collect()
+    } else {
+        src.headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v))
+            .collect()
+    };
+    let total = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let mut buf = Vec::with_capacity(total);
+    for (n, v) in &pairs {
+        buf.extend_from_slice(n);
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = Bytes::from(buf);
+    let copy = || -> Result<ResponseHeader> {
+        let mut out = if src.has_case() {
+            ResponseHeader::build(src.status, Some(pairs.len()))?
+        } else {
+            ResponseHeader::build_no_case(src.status, Some(pairs.len()))?
+        };
+        out.set_version(src.version);
+        out.set_reason_phrase(src.get_reason_phrase())?;
+        let mut at = 0;
+        for (n, v) in &pairs {
+            let name = buf.slice(at..at + n.len());
+            at += n.len();
+            let mut value = http::HeaderValue::from_maybe_shared(buf.slice(at..at + v.len()))
+                .or_err(ErrorType::InternalError, "stored header value")?;
+            at += v.len();
+            value.set_sensitive(v.is_sensitive());
+            out.append_header(name, value)?;
+        }
+        Ok(out)
+    };
+    match copy() {
+        Ok(out) => (out, total),
+        // Not reachable for a header Pingora parsed; keep the response cacheable.
+        Err(_) => (src.clone(), total),
+    }
+}
+
+/// Response header names that `http` keeps static (no allocation per map);
+/// any other name is charged as if allocated (a slight overcharge for rarer
+/// standard ones).
+const COMMON_STANDARD: [http::HeaderName; 20] = [
+    http::header::ACCEPT_RANGES,
+    http::header::AGE,
+    http::header::CACHE_CONTROL,
+    http::header::CONNECTION,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_LANGUAGE,
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_LOCATION,
+    http::header::CONTENT_RANGE,
+    http::header::CONTENT_TYPE,
+    http::header::DATE,
+    http::header::ETAG,
+    http::header::EXPIRES,
+    http::header::LAST_MODIFIED,
+    http::header::LOCATION,
+    http::header::SERVER,
+    http::header::SET_COOKIE,
+    http::header::TRANSFER_ENCODING,
+    http::header::VARY,
+    http::header::STRICT_TRANSPORT_SECURITY,
+];
+
+/// Heap bytes a compacted header holds: its map slots (both maps), the shared
+/// name/value buffer, and the names `http` allocates itself (non-standard
+/// ones, lower-cased).
+fn header_heap_bytes(header: &ResponseHeader, compact_len: usize) -> u64 {
+    let custom_names: usize = header
+        .headers
+        .keys()
+        .filter(|k| !COMMON_STANDARD.contains(k))
+        .map(|k| k.as_str().len() + 32)
+        .sum();
+    header.headers.capacity() as u64 * HEADER_SLOT + compact_len as u64 + custom_names as u64
+}
+
 #[derive(Clone)]
 struct ByWeight;
 
@@ -116,10 +212,16 @@ impl Weighter<HashBinary, Arc<Entry>> for ByWeight {
     }
 }
 
-/// Which stored keys (Vary variants included) belong to one URI.
+/// Which Vary variants are stored for one URI. A response without variance is
+/// stored under the URI's own hash (`combined_bin() == primary_bin()`) and is
+/// not indexed, so the index grows only with stored variants, and shrinks as
+/// they are evicted or purged.
 type VariantIndex = Arc<Mutex<HashMap<HashBinary, Vec<HashBinary>>>>;
 
 fn unindex(index: &VariantIndex, primary: &HashBinary, key: &HashBinary) {
+    if key == primary {
+        return; // never indexed
+    }
     if let Ok(mut idx) = index.lock() {
         if let Some(keys) = idx.get_mut(primary) {
             keys.retain(|k| k != key);
@@ -127,6 +229,15 @@ fn unindex(index: &VariantIndex, primary: &HashBinary, key: &HashBinary) {
                 idx.remove(primary);
             }
         }
+        shrink(&mut idx);
+    }
+}
+
+/// Gives back a map's table once it is mostly empty (a `HashMap` keeps its
+/// peak capacity otherwise).
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -224,6 +335,15 @@ impl MemStorage {
         self.entries.capacity()
     }
 
+    /// URIs with Vary variants in the variant index, and the index's table
+    /// capacity (it must shrink back as variants go).
+    pub fn variant_index_size(&self) -> (usize, usize) {
+        self.index
+            .lock()
+            .map(|idx| (idx.len(), idx.capacity()))
+            .unwrap_or_default()
+    }
+
     fn remove(&self, key: &CompactCacheKey) -> bool {
         let combined = key.combined_bin();
         match self.entries.remove(&combined) {
@@ -239,10 +359,12 @@ impl MemStorage {
         let primary = entry.primary;
         // Index first, outside the cache's locks (an insert may evict, and
         // eviction takes the index lock).
-        if let Ok(mut idx) = self.index.lock() {
-            let keys = idx.entry(primary).or_default();
-            if !keys.contains(&key) {
-                keys.push(key);
+        if key != primary {
+            if let Ok(mut idx) = self.index.lock() {
+                let keys = idx.entry(primary).or_default();
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
             }
         }
         self.entries.insert(key, Arc::new(entry));
@@ -284,12 +406,13 @@ impl MemStorage {
         if !soft {
             return self.remove_uri(primary);
         }
-        let keys = self
+        let mut keys = self
             .index
             .lock()
             .ok()
             .and_then(|idx| idx.get(primary).cloned())
             .unwrap_or_default();
+        keys.push(*primary);
         let mut n = 0;
         for k in keys {
             if let Some(e) = self.entries.get(&k) {
@@ -302,12 +425,17 @@ impl MemStorage {
 
     /// Removes every stored response of a URI, all Vary variants; returns how many.
     pub fn remove_uri(&self, primary: &HashBinary) -> usize {
-        let keys = self
+        let mut keys = self
             .index
             .lock()
             .ok()
-            .and_then(|mut idx| idx.remove(primary))
+            .and_then(|mut idx| {
+                let keys = idx.remove(primary);
+                shrink(&mut idx);
+                keys
+            })
             .unwrap_or_default();
+        keys.push(*primary);
         keys.iter()
             .filter(|k| self.entries.remove(*k).is_some())
             .count()

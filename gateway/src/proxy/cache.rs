@@ -102,6 +102,19 @@ pub(super) fn on_hit(
     forced
 }
 
+/// At the end of a request, a miss that still holds the cache lock (its fill
+/// ended some other way than Pingora's release paths) releases it. A permit
+/// that is merely dropped leaves its stub in Pingora's lock table, keyed by the
+/// cache key, until a request for the same key replaces it: under a churn of
+/// distinct keys those stubs pile up. Releasing removes it.
+pub(super) fn release_lock(session: &mut Session, ctx: &Ctx) {
+    if ctx.cache.enabled {
+        session
+            .cache
+            .release_write_lock(pingora::cache::NoCacheReason::InternalError);
+    }
+}
+
 /// `only-if-cached` on a miss: 504 instead of forwarding. Returns `Ok(true)` when answered.
 pub(super) async fn only_if_cached(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     if !(ctx.cache.enabled && ctx.cache.directives.only_if_cached) {

@@ -137,6 +137,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        crate::alloc::register_worker();
         request::identify(&self.shared, session, ctx);
         request::prepare_session(&self.shared, session, ctx);
         request::assign_request_id(session, ctx);
@@ -284,6 +285,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         crate::client::request_done(session);
+        cache::release_lock(session, ctx);
         logging::log_request(session, e, ctx);
     }
 }
