@@ -32,7 +32,7 @@ pub(crate) mod adaptive;
 pub(crate) mod admin;
 pub mod alloc;
 pub(crate) mod breaker;
-pub(crate) mod cache;
+pub mod cache;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod clock;
