@@ -325,6 +325,11 @@ impl MemStorage {
         self.entries.len()
     }
 
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Bytes accounted now (bodies, headers, overhead).
     pub fn weight(&self) -> u64 {
         self.entries.weight()
