@@ -14,9 +14,21 @@ const LIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lib.sh");
 /// Runs `body` (bash, after sourcing scripts/lib.sh, with `$DIR` a temp dir)
 /// in the background, with stderr captured to `$DIR/stderr`.
 fn spawn(dir: &Path, body: &str) -> Child {
+    use std::os::unix::process::CommandExt;
     let script = format!("set -euo pipefail\nsource {LIB:?}\nSTACK_RESTART_DELAY=0.05\n{body}\n");
-    Command::new("bash")
-        .arg("-c")
+    let mut cmd = Command::new("bash");
+    // A shell started in the background (as a CI runner may start this test)
+    // inherits SIGINT ignored, and bash cannot trap a signal ignored on entry:
+    // give the script the disposition a terminal's Ctrl-C finds.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd.arg("-c")
         .arg(script)
         .env("DIR", dir)
         .stdout(Stdio::null())
