@@ -15,24 +15,22 @@ use crate::upstream::{NoPeer, Outcome};
 
 /// The next server of the route's upstream, never one this request already failed on.
 pub(super) fn select_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-    let (snap, route) = match (&ctx.snapshot, ctx.route) {
-        (Some(snap), Some(route)) => (snap.clone(), route),
-        _ => return Error::e_explain(ErrorType::InternalError, "upstream_peer before routing"),
-    };
-    let peer = match snap
-        .upstream_of(route)
-        .select(&ctx.failed_servers, Instant::now())
-    {
+    let (snap, route) = ctx
+        .routed()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream_peer before routing"))?;
+    let pool = snap.upstream_of(route);
+    let picked = pool.select(&ctx.failed_servers, Instant::now());
+    // Upstream-sourced errors, so a stale copy may answer (stale-if-error).
+    let peer = match picked {
         Ok(p) => p,
-        // Upstream-sourced, so a stale copy may answer (stale-if-error).
         Err(NoPeer::NoServer) => {
-            let name = snap.upstream_of(route).name().to_owned();
-            return Err(Error::explain(ErrorType::Custom(NO_SERVER), name).into_up());
+            let e = Error::explain(ErrorType::Custom(NO_SERVER), pool.name().to_owned());
+            return Err(e.into_up());
         }
         Err(NoPeer::BreakerOpen { retry_in }) => {
+            let e = Error::explain(ErrorType::Custom(BREAKER_OPEN), pool.name().to_owned());
             ctx.retry_after = Some(retry_in);
-            let name = snap.upstream_of(route).name().to_owned();
-            return Err(Error::explain(ErrorType::Custom(BREAKER_OPEN), name).into_up());
+            return Err(e.into_up());
         }
     };
     ctx.peer = Some(peer._address.clone());
