@@ -9,7 +9,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -21,20 +21,28 @@ use crate::metrics;
 const QUEUE: usize = 65_536;
 
 static SENDER: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
+/// Line buffers the writer has emptied, for the request path to fill again.
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// Spare buffers kept at most (the rest are freed).
+const SPARE_MAX: usize = 4096;
+/// Capacity a line buffer starts with, and the most a kept one may have.
+const SPARE_CAPACITY: usize = 512;
 static REOPEN: AtomicBool = AtomicBool::new(false);
 /// Lines queued so far, and lines the writer has written and flushed.
 static QUEUED: AtomicU64 = AtomicU64::new(0);
 static WRITTEN: AtomicU64 = AtomicU64::new(0);
 
-/// One request, as logged.
+/// One request, as logged. Formatting it allocates nothing: the time comes
+/// from a per-thread cache, addresses are written straight into the line,
+/// and the line's buffer is one the writer gave back.
 #[derive(Serialize)]
 pub struct Line<'a> {
     /// RFC 3339 with milliseconds.
-    pub time: String,
+    pub time: Now,
     /// `X-Request-Id`.
     pub request_id: &'a str,
     /// Client address (after trusted proxies).
-    pub client: String,
+    pub client: std::net::IpAddr,
     /// Method.
     pub method: &'a str,
     /// Path, without the query (which may carry tokens).
@@ -48,7 +56,7 @@ pub struct Line<'a> {
     /// Route name, if one matched.
     pub route: Option<&'a str>,
     /// Upstream server, if one was used.
-    pub upstream: Option<String>,
+    pub upstream: Option<Shown<'a>>,
     /// Time to the upstream response header, milliseconds.
     pub upstream_ms: Option<Millis>,
     /// Wait for a concurrency slot, milliseconds.
@@ -72,23 +80,39 @@ impl Serialize for Millis {
     }
 }
 
-/// The current time as RFC 3339 with milliseconds, formatted at most once per
-/// millisecond per thread.
-pub fn now_rfc3339() -> String {
-    use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    thread_local! {
-        static CACHE: RefCell<(u128, String)> = const { RefCell::new((0, String::new())) };
+/// A value written with its `Display` form, without an intermediate `String`.
+pub struct Shown<'a>(pub &'a dyn std::fmt::Display);
+
+impl Serialize for Shown<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
     }
-    let now = SystemTime::now();
-    let ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != ms {
-            *c = (ms, humantime::format_rfc3339_millis(now).to_string());
+}
+
+/// The time a line is written: RFC 3339 with milliseconds, formatted at most
+/// once per millisecond per thread.
+pub struct Now;
+
+impl Serialize for Now {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use std::cell::RefCell;
+        use std::fmt::Write as _;
+        use std::time::{SystemTime, UNIX_EPOCH};
+        thread_local! {
+            static CACHE: RefCell<(u128, String)> = const { RefCell::new((0, String::new())) };
         }
-        c.1.clone()
-    })
+        let now = SystemTime::now();
+        let ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != ms {
+                c.0 = ms;
+                c.1.clear();
+                let _ = write!(c.1, "{}", humantime::format_rfc3339_millis(now));
+            }
+            s.serialize_str(&c.1)
+        })
+    }
 }
 
 /// Starts the writer for `target` (once; later calls are ignored).
@@ -112,9 +136,10 @@ pub fn reopen() {
 /// Queues one line; never blocks.
 pub fn log(line: &Line<'_>) {
     let Some(tx) = SENDER.get() else { return };
-    let Ok(mut bytes) = serde_json::to_vec(line) else {
+    let mut bytes = spare();
+    if serde_json::to_writer(&mut bytes, line).is_err() {
         return;
-    };
+    }
     bytes.push(b'\n');
     match tx.try_send(bytes) {
         Ok(()) => {
@@ -123,6 +148,12 @@ pub fn log(line: &Line<'_>) {
         Err(TrySendError::Full(_)) => metrics::access_log_dropped(),
         Err(TrySendError::Disconnected(_)) => {}
     }
+}
+
+/// An empty line buffer, reused when the writer has given one back.
+fn spare() -> Vec<u8> {
+    let reused = SPARE.lock().ok().and_then(|mut s| s.pop());
+    reused.unwrap_or_else(|| Vec::with_capacity(SPARE_CAPACITY))
 }
 
 /// Waits until every line queued so far is written and flushed, at most
@@ -155,6 +186,7 @@ fn open_file(path: &PathBuf) -> std::io::Result<std::fs::File> {
 
 fn write_loop(target: LogTarget, rx: Receiver<Vec<u8>>) {
     let mut out = BufWriter::with_capacity(64 * 1024, open(&target));
+    let mut emptied = Vec::new();
     // Wake on a timer and drain in batches: the writer is never parked in
     // recv(), so a request never pays for waking it.
     loop {
@@ -162,9 +194,11 @@ fn write_loop(target: LogTarget, rx: Receiver<Vec<u8>>) {
         let mut wrote = 0;
         loop {
             match rx.try_recv() {
-                Ok(line) => {
+                Ok(mut line) => {
                     let _ = out.write_all(&line);
                     wrote += 1;
+                    line.clear();
+                    emptied.push(line);
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
@@ -176,6 +210,13 @@ fn write_loop(target: LogTarget, rx: Receiver<Vec<u8>>) {
         if wrote > 0 {
             let _ = out.flush();
             WRITTEN.fetch_add(wrote, Ordering::AcqRel);
+            if let Ok(mut spare) = SPARE.lock() {
+                let room = SPARE_MAX.saturating_sub(spare.len());
+                // A buffer grown by an unusually long line is freed, not kept.
+                let small = emptied.drain(..).filter(|b| b.capacity() <= SPARE_CAPACITY);
+                spare.extend(small.take(room));
+            }
+            emptied.clear();
         }
         if REOPEN.swap(false, Ordering::AcqRel) {
             let _ = out.flush();
@@ -188,6 +229,36 @@ fn write_loop(target: LogTarget, rx: Receiver<Vec<u8>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_is_one_json_object_with_addresses_and_time_as_strings() {
+        let peer: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        let line = Line {
+            time: Now,
+            request_id: "abc",
+            client: "2001:db8::1".parse().unwrap(),
+            method: "GET",
+            path: "/p",
+            status: 200,
+            bytes: 5,
+            duration_ms: Millis(Duration::from_micros(1500)),
+            route: Some("r"),
+            upstream: Some(Shown(&peer)),
+            upstream_ms: None,
+            queue_ms: None,
+            cache: Some("hit"),
+            error: None,
+        };
+        let mut buf = Vec::new();
+        serde_json::to_writer(&mut buf, &line).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["client"], "2001:db8::1");
+        assert_eq!(v["upstream"], "10.0.0.7:8080");
+        assert_eq!(v["duration_ms"], 1.5);
+        let time = v["time"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+        assert!(time.len() == "2026-01-01T00:00:00.000Z".len(), "{time}");
+    }
 
     #[test]
     fn durations_have_no_float_noise() {
