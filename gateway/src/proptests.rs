@@ -12,6 +12,7 @@ use proptest::prelude::*;
 
 use crate::cache::policy;
 use crate::cache::request::RequestDirectives;
+use crate::cache::targeted::Directives;
 use crate::config::QueryKey;
 
 /// Header values a client or origin could send (visible ASCII, spaces, tabs,
@@ -94,7 +95,7 @@ proptest! {
     ) {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
         let resp = response(&[("cache-control", cc), ("age", age), ("expires", expires), ("vary", vary)]);
-        let _ = policy::decide(&request(&[]), &resp, &rule(), now);
+        let _ = policy::decide(&request(&[]), &resp, &rule(), &Directives::select(&resp, None), now, Duration::ZERO);
     }
 
     #[test]
@@ -102,7 +103,7 @@ proptest! {
         let resp = response(&[("vary", vary), ("cache-control", HeaderValue::from_static("max-age=60"))]);
         let req = request(&[("accept-language", lang), ("cookie", cookie)]);
         if let pingora::cache::RespCacheable::Cacheable(meta) =
-            policy::decide(&req, &resp, &rule(), SystemTime::now())
+            policy::decide(&req, &resp, &rule(), &Directives::select(&resp, None), SystemTime::now(), Duration::ZERO)
         {
             let _ = policy::variance(&meta, &req, &rule());
         }
