@@ -99,6 +99,31 @@ impl DatePatch {
             written: 0,
         })
     }
+
+    /// Writes the next part of the header in `buf` (what is left of it after
+    /// the previous writes): up to the value, Pingora's bytes; then ours, for
+    /// as long as Pingora's value would have lasted. Short writes are allowed
+    /// and the caller resends what follows. Returns the write's result and
+    /// whether the patch is done (the rest goes through unchanged).
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &mut W,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> (Poll<io::Result<usize>>, bool) {
+        let r = if self.written < self.at {
+            let upto = (self.at - self.written).min(buf.len());
+            Pin::new(inner).poll_write(cx, &buf[..upto])
+        } else {
+            let from = self.written - self.at;
+            let len = (DATE_LEN - from).min(buf.len());
+            Pin::new(inner).poll_write(cx, &self.value[from..from + len])
+        };
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n;
+        }
+        (r, self.written >= self.at + DATE_LEN)
+    }
 }
 
 impl fmt::Debug for GuardedStream {
@@ -280,22 +305,9 @@ impl AsyncWrite for GuardedStream {
             this.date_patch = DatePatch::find(buf, secs);
         }
         if let Some(patch) = &mut this.date_patch {
-            // Up to the value: Pingora's bytes; then ours, for as long as
-            // Pingora's value would have lasted. Short writes are allowed,
-            // and the caller resends what follows.
-            let r = if patch.written < patch.at {
-                let upto = (patch.at - patch.written).min(buf.len());
-                Pin::new(&mut this.inner).poll_write(cx, &buf[..upto])
-            } else {
-                let from = patch.written - patch.at;
-                let len = (DATE_LEN - from).min(buf.len());
-                Pin::new(&mut this.inner).poll_write(cx, &patch.value[from..from + len])
-            };
-            if let Poll::Ready(Ok(n)) = r {
-                patch.written += n;
-                if patch.written >= patch.at + DATE_LEN {
-                    this.date_patch = None;
-                }
+            let (r, done) = patch.poll_write(&mut this.inner, cx, buf);
+            if done {
+                this.date_patch = None;
             }
             return r;
         }
@@ -476,6 +488,78 @@ mod tests {
         assert!(
             DatePatch::find(b"body\r\ndate: Wed, 02 Dec 2026 17:00:00 GMT\r\n\r\n", 1).is_none()
         );
+    }
+
+    /// A socket that takes at most `max` bytes per write.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The patching half of `GuardedStream::poll_write`.
+    struct Patched {
+        patch: Option<DatePatch>,
+        inner: Trickle,
+    }
+
+    impl AsyncWrite for Patched {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = &mut *self;
+            if let Some(patch) = &mut this.patch {
+                let (r, done) = patch.poll_write(&mut this.inner, cx, buf);
+                if done {
+                    this.patch = None;
+                }
+                return r;
+            }
+            Pin::new(&mut this.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_kept_date_replaces_pingoras_across_short_writes() {
+        let head = b"HTTP/1.1 200 OK\r\nDate: Wed, 02 Dec 2026 17:00:00 GMT\r\nx: 1\r\n\r\nbody";
+        let want = b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nx: 1\r\n\r\nbody";
+        for max in [1, 3, 7, 29, 4096] {
+            let mut w = Patched {
+                patch: DatePatch::find(head, 784_111_777),
+                inner: Trickle {
+                    out: Vec::new(),
+                    max,
+                },
+            };
+            futures::executor::block_on(w.write_all(head)).unwrap();
+            assert_eq!(w.inner.out, want, "{max} bytes per write");
+            assert!(w.patch.is_none());
+        }
     }
 
     #[test]
