@@ -356,6 +356,29 @@ async fn rfc9111_4_3_4_every_field_of_a_304_updates_the_stored_response() {
         );
     }
     assert_eq!(origin.hits(), 2);
+
+    // A 304 that makes the response unstorable (no-store): the stored one is
+    // still served this time, with the 304's fields and age, and not updated.
+    let date_304 = date_ago(40);
+    let path = resp(
+        "upd-nostore",
+        &["Cache-Control:max-age=0", "ETag:\"v1\"", "Test-Header:old"],
+        &[
+            "Cache-Control:no-store",
+            "Test-Header:new",
+            &format!("Date:{date_304}"),
+        ],
+    );
+    get(&gw, &path).await;
+    for _ in 0..2 {
+        let (_, h, len) = get(&gw, &path).await;
+        assert_eq!((text(&h, "x-cache"), len), ("REVALIDATED", 100));
+        assert_eq!(text(&h, "test-header"), "new");
+        assert_eq!(text(&h, "cache-control"), "no-store");
+        assert_eq!(text(&h, "date"), date_304);
+        assert!((40..70).contains(&age(&h)), "the 304's age: {}", age(&h));
+    }
+    assert_eq!(origin.hits(), 5);
 }
 
 #[tokio::test]

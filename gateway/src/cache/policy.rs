@@ -293,6 +293,12 @@ pub fn initial_age(
     }
 }
 
+/// The corrected initial age of `resp`, received at `now` after `delay`
+/// (see [`initial_age`]).
+pub fn age_on_arrival(resp: &ResponseHeader, now: SystemTime, delay: Duration) -> Duration {
+    initial_age(resp, header_date(resp, header::DATE), now, delay).0
+}
+
 /// RFC 9111 §3.2 and §4.3.4: a 304 updates the stored header. Every field of
 /// the 304 replaces the stored field of that name (all its lines), whatever
 /// the name, except the ones the stored response depends on or that belong to

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use http::{header, HeaderName, Method};
 use pingora::cache::key::{CacheHashKey, HashBinary};
-use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, RespCacheable};
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, ForcedFreshness, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
@@ -218,8 +218,16 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
             let now = SystemTime::now();
             // RFC 9111 §4.2.3: corrected initial age + resident time (the
             // epoch is set by `policy::decide`). Pingora writes it on hits
-            // only; a revalidated response gets it here too.
-            let age = now.duration_since(meta.epoch()).unwrap_or_default();
+            // only; a revalidated response gets it here too. One revalidated
+            // but not stored again (the 304 made it uncacheable) is as old
+            // as that 304.
+            let age = match (session.cache.phase(), ctx.cache.not_modified.as_deref()) {
+                (CachePhase::RevalidatedNoCache(_), Some(not_modified)) => {
+                    let delay = ctx.upstream_elapsed.unwrap_or_default();
+                    policy::age_on_arrival(not_modified, now, delay)
+                }
+                _ => now.duration_since(meta.epoch()).unwrap_or_default(),
+            };
             resp.insert_header(header::AGE, age.as_secs())?;
             Some(match meta.fresh_until().duration_since(now) {
                 Ok(left) => left.as_secs() as i64,
