@@ -99,6 +99,20 @@ proptest! {
     }
 
     #[test]
+    fn targeted_fields_never_panic_the_storability_decision(
+        own in prop_oneof![header_value(), directives()],
+        cdn in prop_oneof![header_value(), directives()],
+        date in header_value(),
+        secs in 0u64..4_000_000_000,
+    ) {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let resp = response(&[("gateway-cache-control", own), ("cdn-cache-control", cdn), ("date", date)]);
+        let field = HeaderName::from_static("gateway-cache-control");
+        let directives = Directives::select(&resp, Some(&field));
+        let _ = policy::decide(&request(&[]), &resp, &rule(), &directives, now, Duration::from_secs(secs % 100));
+    }
+
+    #[test]
     fn variance_never_panics(vary in header_value(), lang in header_value(), cookie in header_value()) {
         let resp = response(&[("vary", vary), ("cache-control", HeaderValue::from_static("max-age=60"))]);
         let req = request(&[("accept-language", lang), ("cookie", cookie)]);
