@@ -173,6 +173,15 @@ cache:
   max_object_size: 8MiB
   # Who may send `PURGE <url>` to the main listener (socket peer).
   purge_allow: ["127.0.0.1/32", "::1/128"]
+  # How the app talks to each cache (RFC 9213): the gateway follows this
+  # field first, then CDN-Cache-Control, then Cache-Control (+ Expires);
+  # Cache-Control keeps governing browsers. E.g. `Cache-Control: no-cache`,
+  # `CDN-Cache-Control: max-age=60`, `Gateway-Cache-Control: max-age=3600`:
+  # browsers revalidate, a CDN keeps it a minute, this gateway an hour. The
+  # field is removed from client responses unless forward_targeted: true.
+  # "" = none of its own.
+  targeted_field: Gateway-Cache-Control
+  forward_targeted: false
 
 # Routes, first match wins.
 routes:

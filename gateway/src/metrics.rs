@@ -202,6 +202,16 @@ static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static CACHE_INVALID_TARGETED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_cache_invalid_targeted_total",
+        "Targeted cache-control fields (CDN-Cache-Control, cache.targeted_field) ignored \
+         because they are not valid (RFC 9213 §2.1), by route.",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
 static CACHE_STORES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "gateway_cache_stores_total",
@@ -402,6 +412,14 @@ impl RouteMetrics {
         remove_series(&SHED, "route", &self.name);
         remove_series(&RATE_LIMITED, "route", &self.name);
         remove_series(&CACHE_REQUESTS, "route", &self.name);
+        remove_series(&CACHE_INVALID_TARGETED, "route", &self.name);
+    }
+
+    /// Counts targeted cache-control fields ignored as invalid.
+    pub fn invalid_targeted(&self, n: u8) {
+        CACHE_INVALID_TARGETED
+            .with_label_values(&[&self.name])
+            .inc_by(u64::from(n));
     }
 
     /// Records a finished request's duration.

@@ -343,6 +343,11 @@ pub struct RawCache {
     /// Pass `Surrogate-Key` / `Cache-Tag` on to clients (on every route; a
     /// cache rule's own `keep_surrogate_keys` overrides it).
     pub keep_surrogate_keys: bool,
+    /// The gateway's own targeted cache-control field (RFC 9213), which takes
+    /// precedence over `CDN-Cache-Control`; empty: none.
+    pub targeted_field: String,
+    /// Pass the gateway's targeted field on to clients.
+    pub forward_targeted: bool,
 }
 
 impl Default for RawCache {
@@ -354,6 +359,8 @@ impl Default for RawCache {
             status_key: false,
             lock_timeout: Duration::from_secs(5),
             keep_surrogate_keys: false,
+            targeted_field: "Gateway-Cache-Control".into(),
+            forward_targeted: false,
         }
     }
 }

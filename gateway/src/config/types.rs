@@ -212,6 +212,11 @@ pub struct Cache {
     /// Pass `Surrogate-Key` / `Cache-Tag` on to clients on routes without a
     /// cache rule of their own saying otherwise.
     pub keep_surrogate_keys: bool,
+    /// The gateway's own targeted cache-control field (RFC 9213), first in
+    /// its target list before `CDN-Cache-Control`; `None`: disabled.
+    pub targeted_field: Option<http::HeaderName>,
+    /// Pass the gateway's targeted field on to clients (else it is removed).
+    pub forward_targeted: bool,
 }
 
 /// How a route matches the request host.

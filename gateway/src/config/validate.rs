@@ -75,6 +75,31 @@ impl Checker {
     }
 }
 
+/// `cache.targeted_field`: a field name of its own (RFC 9213 §2), or empty.
+fn targeted_field(c: &mut Checker, name: &str) -> Option<http::HeaderName> {
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(n) if n == http::header::CACHE_CONTROL || n == "cdn-cache-control" => {
+            c.fail(
+                "cache.targeted_field",
+                format!("{name:?} is a field every cache reads: name one for this gateway (e.g. Gateway-Cache-Control), or \"\" for none"),
+            );
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            c.fail(
+                "cache.targeted_field",
+                format!("{name:?} is not a header field name (letters, digits, '-')"),
+            );
+            None
+        }
+    }
+}
+
 /// `10.0.0.0/8`, `::1/128`, or a bare address (a /32 or /128).
 fn parse_net(s: &str) -> Option<IpNet> {
     let s = s.trim();
@@ -204,6 +229,8 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         status_key: rcache.status_key,
         lock_timeout: c.positive("cache.lock_timeout", rcache.lock_timeout),
         keep_surrogate_keys: rcache.keep_surrogate_keys,
+        targeted_field: targeted_field(&mut c, &rcache.targeted_field),
+        forward_targeted: rcache.forward_targeted,
     };
 
     if raw.routes.is_empty() {

@@ -92,6 +92,8 @@ pub struct CacheCtx {
     by_request: bool,
     /// A bypass condition of the rule held.
     bypassed: bool,
+    /// The 304 that answered a revalidation (its fields update the stored response).
+    not_modified: Option<Box<ResponseHeader>>,
 }
 
 impl Ctx {
@@ -244,10 +246,11 @@ impl ProxyHttp for Gateway {
     /// (see [`upstream::classify`] for overload answers).
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        cache::note_304(session, upstream_response, ctx);
         let outcome = upstream::classify(upstream_response);
         upstream::record_outcome(ctx, outcome);
         if upstream_response.status.as_u16() >= 500 {
@@ -265,9 +268,12 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        cache::apply_304(upstream_response, ctx);
         response::prepare_response(session, upstream_response, ctx)?;
         cache::invalidate(session, upstream_response, ctx);
-        cache::annotate(session, upstream_response, ctx)
+        cache::annotate(session, upstream_response, ctx)?;
+        crate::client::keep_date(session, upstream_response);
+        Ok(())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

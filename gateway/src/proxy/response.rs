@@ -13,7 +13,9 @@ use crate::request_id;
 const TAG_HEADERS: [&str; 2] = ["surrogate-key", "cache-tag"];
 
 /// Headers of every proxied (or cached) response: hop-by-hop ones gone, purge
-/// tags gone (unless `keep_surrogate_keys`), request id set.
+/// tags gone (unless `keep_surrogate_keys`), the gateway's own targeted
+/// cache-control field gone (unless `cache.forward_targeted`: it is meant for
+/// this gateway; `CDN-Cache-Control` stays, for a CDN in front), request id set.
 pub(super) fn prepare_response(
     _session: &Session,
     resp: &mut ResponseHeader,
@@ -29,6 +31,12 @@ pub(super) fn prepare_response(
     if !keep_tags {
         for h in TAG_HEADERS {
             resp.remove_header(h);
+        }
+    }
+    if let Some(snap) = ctx.snapshot.as_deref() {
+        let cache = &snap.config.cache;
+        if let (Some(field), false) = (&cache.targeted_field, cache.forward_targeted) {
+            resp.remove_header(field);
         }
     }
     resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;

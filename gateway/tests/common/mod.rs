@@ -169,12 +169,14 @@ impl Drop for Origin {
 
 /// `/resp...?status=200&size=10&h=Name:Value&...`: a response built from the query
 /// (percent-decoded), its body `size` bytes of `x`; with `inm304`, a request whose
-/// `If-None-Match` equals the scripted `ETag` gets 304; `delay=ms` answers late;
+/// `If-None-Match` equals the scripted `ETag` gets 304, whose `h304=Name:Value`
+/// fields replace the scripted ones of that name; `delay=ms` answers late;
 /// `failable` answers 500 while [`Origin::healthy`] is false.
 async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     let mut status = 200u16;
     let mut size = 5usize;
     let mut headers = Vec::new();
+    let mut headers_304: Vec<(String, String)> = Vec::new();
     let mut honour_inm = false;
     let mut delay_ms = 0u64;
     let mut hold = false;
@@ -194,6 +196,10 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
                 let (name, value) = v.split_once(':').unwrap();
                 headers.push((name.trim().to_owned(), value.trim().to_owned()));
             }
+            "h304" => {
+                let (name, value) = v.split_once(':').unwrap();
+                headers_304.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
             _ => {}
         }
     }
@@ -210,6 +216,8 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     if honour_inm && etag.is_some() && inm == etag {
         status = 304;
         size = 0;
+        headers.retain(|(k, _)| !headers_304.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)));
+        headers.extend(headers_304);
     }
     // A `bytes=a-b` Range gets a 206 of that slice.
     let range = seen
