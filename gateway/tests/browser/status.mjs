@@ -19,7 +19,10 @@ if (!admin || !token || !screenshot) {
   process.exit(2);
 }
 const origin = new URL(admin).origin;
-const WAIT = 15000;
+// /stats answers the loaded page waits for before it is read (3: two
+// intervals drawn); more for a fuller screenshot (STATUS_PAGE_ANSWERS=60).
+const ANSWERS = Number(process.env.STATUS_PAGE_ANSWERS || 3);
+const WAIT = 15000 + 2000 * ANSWERS;
 const started = Date.now();
 const out = {
   foreign_requests: [], requests_seen: 0, csp_violations: [], page_errors: [],
@@ -64,6 +67,16 @@ try {
   const values = (page) => page.evaluate(() => Object.fromEntries(
     [...document.querySelectorAll("[data-metric]")].map((e) => [e.dataset.metric, e.dataset.value ?? ""])));
   const visible = (page, sel) => page.locator(sel).isVisible();
+
+  // The loaded page (3. below) opens first and collects its answers while
+  // the other tabs run.
+  const loadedPage = await newPage();
+  const answers = [];
+  loadedPage.on("response", (r) => {
+    if (r.url() === origin + "/stats" && r.status() === 200) answers.push(r.json());
+  });
+  await loadedPage.goto(origin + "/status#token=" + encodeURIComponent(token), { timeout: WAIT });
+  const loadedUrl = loadedPage.url();
 
   // 1. No token: the form, no data.
   {
@@ -117,21 +130,15 @@ try {
     await page.close();
   }
 
-  // 3. The right token in the fragment, under load: wait for three /stats
-  // answers (two intervals drawn), read the page, then ask the gateway.
+  // 3. The right token in the fragment, under load: wait for ANSWERS /stats
+  // answers, read the page, then ask the gateway.
   {
-    const page = await newPage();
-    const answers = [];
-    page.on("response", (r) => {
-      if (r.url() === origin + "/stats" && r.status() === 200) answers.push(r.json());
-    });
-    await page.goto(origin + "/status#token=" + encodeURIComponent(token), { timeout: WAIT });
-    const url = page.url();
-    await page.waitForFunction(() => {
+    const page = loadedPage, url = loadedUrl;
+    await page.waitForFunction((n) => {
       const root = document.documentElement;
       window.__answers = (window.__answers || new Set()).add(root.dataset.sample);
-      return root.dataset.previous && window.__answers.size >= 3;
-    }, null, { timeout: WAIT, polling: 50 });
+      return root.dataset.previous && window.__answers.size >= n;
+    }, ANSWERS, { timeout: WAIT, polling: 50 });
     const seen = await page.evaluate(() => ({
       sample: Number(document.documentElement.dataset.sample),
       previous: Number(document.documentElement.dataset.previous),
