@@ -345,6 +345,11 @@ async fn the_page_in_chromium_shows_stats_under_load_and_refuses_a_wrong_token()
     assert_eq!(w["stored"], Value::Null);
     assert_eq!(w["form_visible"], true);
     assert_eq!(w["dashboard_visible"], false);
+    assert_eq!(
+        w["contrast_problems"],
+        serde_json::json!([]),
+        "WCAG contrast"
+    );
     for (k, val) in w["metrics"].as_object().unwrap() {
         assert_eq!(val, "", "{k} shows no number without a token");
     }
@@ -361,6 +366,11 @@ async fn the_page_in_chromium_shows_stats_under_load_and_refuses_a_wrong_token()
         l["url"]
     );
     assert_eq!(l["stored"], TOKEN, "kept in sessionStorage");
+    assert_eq!(
+        l["contrast_problems"],
+        serde_json::json!([]),
+        "WCAG contrast"
+    );
     let (sample, previous) = (&l["sample_stats"], &l["previous_stats"]);
     assert!(sample.is_object() && previous.is_object(), "{l:#}");
     let (fresh, fresh_cache) = (&l["fresh_stats"], &l["fresh_cache"]);

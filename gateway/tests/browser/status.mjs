@@ -67,6 +67,42 @@ try {
   const values = (page) => page.evaluate(() => Object.fromEntries(
     [...document.querySelectorAll("[data-metric]")].map((e) => [e.dataset.metric, e.dataset.value ?? ""])));
   const visible = (page, sel) => page.locator(sel).isVisible();
+  // WCAG contrast of every visible text (4.5:1, 3:1 for large text) and of
+  // the chart lines against the chart (3:1, non-text graphics).
+  const contrast = (page) => page.evaluate(() => {
+    const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+    const lum = ([r, g, b]) => {
+      const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const ratio = (a, b) => {
+      const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+      return (x + 0.05) / (y + 0.05);
+    };
+    const background = (el) => {
+      for (let e = el; e; e = e.parentElement) {
+        const c = rgb(getComputedStyle(e).backgroundColor);
+        if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+      }
+      return [255, 255, 255];
+    };
+    const problems = [];
+    for (const el of document.querySelectorAll("body *")) {
+      const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+      if (!own || !el.getClientRects().length) continue;
+      const st = getComputedStyle(el);
+      if (st.visibility === "hidden") continue;
+      const size = parseFloat(st.fontSize), bold = Number(st.fontWeight) >= 700;
+      const need = size >= 24 || (size >= 18.66 && bold) ? 3 : 4.5;
+      const r = ratio(rgb(st.color).slice(0, 3), background(el));
+      if (r < need) problems.push(el.tagName + " '" + el.textContent.trim().slice(0, 30) + "': " + r.toFixed(2));
+    }
+    for (const line of document.querySelectorAll("svg.chart polyline")) {
+      const r = ratio(rgb(getComputedStyle(line).stroke).slice(0, 3), background(line.ownerSVGElement));
+      if (r < 3) problems.push("chart line " + line.getAttribute("class") + ": " + r.toFixed(2));
+    }
+    return problems;
+  });
 
   // The loaded page (3. below) opens first and collects its answers while
   // the other tabs run.
@@ -115,6 +151,7 @@ try {
       form_visible: await visible(page, "#token-form"),
       dashboard_visible: await visible(page, "#dashboard"),
       metrics: await values(page),
+      contrast_problems: await contrast(page),
     };
     await page.locator("#token").fill(token);
     await page.getByRole("button", { name: "Show status" }).click();
@@ -156,6 +193,7 @@ try {
     }));
     // Fresh numbers right after the read: the cache first, then /stats, so
     // that /stats has counted at least every request the cache has.
+    seen.contrast_problems = await contrast(page);
     const ask = async (path) => (await fetch(origin + path, {
       headers: { Authorization: "Bearer " + token },
       signal: AbortSignal.timeout(WAIT),
