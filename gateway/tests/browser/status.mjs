@@ -193,7 +193,6 @@ try {
     }));
     // Fresh numbers right after the read: the cache first, then /stats, so
     // that /stats has counted at least every request the cache has.
-    seen.contrast_problems = await contrast(page);
     const ask = async (path) => (await fetch(origin + path, {
       headers: { Authorization: "Bearer " + token },
       signal: AbortSignal.timeout(WAIT),
@@ -202,6 +201,7 @@ try {
     const fresh_stats = await ask("/stats");
     const all = await Promise.all(answers);
     await page.screenshot({ path: screenshot, fullPage: true });
+    seen.contrast_problems = await contrast(page);
     out.loaded = {
       url,
       ...seen,
