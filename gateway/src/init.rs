@@ -133,8 +133,9 @@ client:
   keepalive_timeout: 60s
 
 admin:
-  # /health, /ready, /metrics are open; /stats, /cache/*, /limits, /upstreams,
-  # /config need `Authorization: Bearer <token>`. The token comes from
+  # /health, /ready, /metrics and the /status page are open; /stats, /cache/*,
+  # /limits, /upstreams, /config need `Authorization: Bearer <token>` (the
+  # page asks for it: /status#token=... or its form). The token comes from
   # token_file (the packages generate /etc/gateway/admin-token and pass it in
   # GATEWAY_ADMIN__TOKEN_FILE) or GATEWAY_ADMIN__TOKEN. [restart]
   listen: "@ADMIN@"

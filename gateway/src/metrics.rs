@@ -657,6 +657,15 @@ pub struct Summary {
     pub p50_ms: Option<f64>,
     /// 99th percentile request duration in ms.
     pub p99_ms: Option<f64>,
+    /// Milliseconds since start (the clock a client derives rates from).
+    pub uptime_ms: u64,
+    /// The all-routes duration histogram: (upper bound in ms, cumulative count)
+    /// per bucket of [`BUCKETS`]; requests above the last bound are only in
+    /// `requests`. A client subtracts two of these to get the percentiles of
+    /// the requests in between (the status page does).
+    pub buckets_ms: Vec<(f64, u64)>,
+    /// Requests in the duration histogram (the `+Inf` bucket).
+    pub duration_count: u64,
 }
 
 /// The traffic summary now.
@@ -668,13 +677,14 @@ pub fn summary() -> Summary {
         .filter(|(_, n)| *n > 0)
         .collect();
     let h = prometheus::core::Metric::metric(&*ALL_DURATIONS);
-    let buckets: Vec<(f64, f64)> = h
+    let raw: Vec<(f64, u64)> = h
         .get_histogram()
         .get_bucket()
         .iter()
-        .map(|b| (b.upper_bound(), b.cumulative_count() as f64))
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
         .collect();
-    let count = ALL_DURATIONS.get_sample_count() as f64;
+    let buckets: Vec<(f64, f64)> = raw.iter().map(|&(u, c)| (u, c as f64)).collect();
+    let count = h.get_histogram().get_sample_count() as f64;
     let quantile = |q: f64| -> Option<f64> {
         if count == 0.0 {
             return None;
@@ -695,8 +705,15 @@ pub fn summary() -> Summary {
         }
         Some(lower * 1000.0)
     };
+    let uptime = STARTED.elapsed();
     Summary {
-        uptime_seconds: STARTED.elapsed().as_secs_f64().max(1.0),
+        uptime_seconds: uptime.as_secs_f64().max(1.0),
+        uptime_ms: uptime.as_millis() as u64,
+        buckets_ms: raw
+            .iter()
+            .map(|&(u, c)| ((u * 1e6).round() / 1e3, c))
+            .collect(),
+        duration_count: count as u64,
         requests: CLASS_TOTALS.iter().map(|n| n.load(Ordering::Relaxed)).sum(),
         by_status,
         p50_ms: quantile(0.5),
