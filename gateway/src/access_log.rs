@@ -123,7 +123,11 @@ impl Now {
 /// A JSON string: copied between quotes when nothing in it needs escaping
 /// (the usual case), else escaped by serde_json.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // No early exit: the loop vectorises (the strings are short and clean).
+    let escapes = s
+        .bytes()
+        .fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !escapes {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -156,7 +160,20 @@ impl Line<'_> {
         out.extend_from_slice(b",\"request_id\":");
         json_str(out, self.request_id);
         out.extend_from_slice(b",\"client\":");
-        json_display(out, &self.client);
+        match self.client {
+            // The common case without the formatting machinery.
+            std::net::IpAddr::V4(v4) => {
+                out.push(b'"');
+                for (i, octet) in v4.octets().iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    out.extend_from_slice(n.format(*octet).as_bytes());
+                }
+                out.push(b'"');
+            }
+            v6 => json_display(out, &v6),
+        }
         out.extend_from_slice(b",\"method\":");
         json_str(out, self.method);
         out.extend_from_slice(b",\"path\":");

@@ -72,6 +72,26 @@ struct DatePatch {
 /// Length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
 const DATE_LEN: usize = 29;
 
+/// `secs` as an IMF-fixdate, remembered per thread for the last value: the
+/// hits of one stored response share its `Date`.
+fn imf_fixdate(secs: u64) -> Option<[u8; DATE_LEN]> {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<Option<(u64, [u8; DATE_LEN])>> = const { Cell::new(None) };
+    }
+    LAST.with(|last| {
+        if let Some((s, v)) = last.get() {
+            if s == secs {
+                return Some(v);
+            }
+        }
+        let text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+        let value: [u8; DATE_LEN] = text.as_bytes().try_into().ok()?;
+        last.set(Some((secs, value)));
+        Some(value)
+    })
+}
+
 impl DatePatch {
     /// The patch for the response header at the start of `buf`, if it has a
     /// `Date` field holding an IMF-fixdate.
@@ -91,8 +111,7 @@ impl DatePatch {
         if head.get(at + DATE_LEN..at + DATE_LEN + 2) != Some(&b"\r\n"[..]) {
             return None;
         }
-        let text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs));
-        let value: [u8; DATE_LEN] = text.as_bytes().try_into().ok()?;
+        let value = imf_fixdate(secs)?;
         Some(DatePatch {
             value,
             at,
