@@ -45,6 +45,7 @@ pub(super) fn identify(shared: &Shared, session: &Session, ctx: &mut Ctx) {
         &session.req_header().headers,
     );
     ctx.snapshot = Some(snap);
+    ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
 }
 
 /// `GET ready_path` on the main listener: 200 while serving, 503 once
