@@ -639,3 +639,63 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_deadline() {
     gw.wait_metrics(&[r#"gateway_tls_handshakes_total{result="timeout"} 1"#])
         .await;
 }
+
+#[tokio::test]
+async fn the_plain_listener_redirects_to_https_and_https_answers_carry_hsts() {
+    if !have_openssl() {
+        return;
+    }
+    let pki = Pki::new();
+    let (pem, key) = pki.leaf("a", "leaf-a", &["a.test"]);
+    let origin = Origin::start("o").await;
+    let tls = tls_addr();
+    let extra = "  redirect_http: true\n  hsts: { max_age: 180d, include_subdomains: true }\nready_path: /.gateway/ready";
+    let gw = Gateway::start(&config(&origin, tls, &[(&pem, &key)], extra)).await;
+    let plain = common::client();
+
+    let r = plain
+        .get(gw.url("/resp/page?a=1&b=2"))
+        .header("host", "a.test:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://a.test:{}/resp/page?a=1&b=2", tls.port()).as_str()
+    );
+    assert!(r.headers().contains_key("x-request-id"));
+    assert!(
+        !r.headers().contains_key("strict-transport-security"),
+        "never over plain HTTP"
+    );
+    // ACME challenges and the readiness path stay on plain HTTP.
+    let acme = plain
+        .get(gw.url("/.well-known/acme-challenge/token123"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acme.status(), 200);
+    assert_eq!(acme.headers()["x-origin"], "o");
+    let ready = plain.get(gw.url("/.gateway/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(origin.hits(), 1, "only the ACME request reached the origin");
+
+    // Following the redirect: HTTPS answers (proxied, cached and the gateway's own) carry HSTS.
+    for (path, status) in [("/resp/page?a=1&b=2", 200), ("/resp?x=9", 504)] {
+        let args: &[&str] = if status == 504 {
+            &["--http2", "-H", "Cache-Control: only-if-cached"]
+        } else {
+            &["--http2"]
+        };
+        let r = curl(&pki, tls, "a.test", path, args).await;
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(
+            r.header("strict-transport-security").as_deref(),
+            Some("max-age=15552000; includesubdomains"),
+            "{path}: {}",
+            r.headers
+        );
+    }
+    gw.wait_metrics(&["gateway_https_redirects_total 1"]).await;
+}
