@@ -153,6 +153,13 @@ client:
 #  # Strict-Transport-Security on HTTPS responses; absent: none.
 #  hsts: { max_age: 180d, include_subdomains: false }
 
+# gzip / brotli / zstd for clients that ask (Accept-Encoding, q-values
+# honoured), for text, JSON, JavaScript, XML and SVG bodies of at least
+# min_size. Done on the way out: the cache keeps one copy and compresses it
+# for each client. Never for ranges, Cache-Control: no-transform or bodies the
+# app already encoded. A route turns it off with `compression: false`.
+compression: { enabled: true, algorithms: [br, gzip, zstd], min_size: 1KiB }
+
 admin:
   # /health, /ready, /metrics are open; /stats, /cache/*, /limits, /upstreams,
   # /config need `Authorization: Bearer <token>`. The token comes from

@@ -7,6 +7,7 @@
 //! - [`state`]: the atomically swappable snapshot shared by every service.
 //! - [`proxy`]: the `ProxyHttp` implementation, one file per Pingora phase.
 //! - [`client`]: connection cap, TLS handshake and whole-header deadline around the proxy.
+//! - [`compression`]: gzip / brotli / zstd on the way out, after the cache.
 //! - [`certs`]: TLS certificates loaded from PEM files, chosen by SNI.
 //! - [`tls`]: the rustls acceptors of the HTTPS listeners (certificates from the snapshot).
 //! - [`breaker`]: per-server circuit breakers.
@@ -39,6 +40,7 @@ pub mod certs;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod clock;
+pub mod compression;
 pub mod config;
 pub(crate) mod error;
 pub(crate) mod forwarded;

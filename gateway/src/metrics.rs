@@ -719,6 +719,8 @@ pub fn init() {
     LazyLock::force(&TLS_HANDSHAKES);
     LazyLock::force(&PROTOCOL_HANDLES);
     LazyLock::force(&HTTPS_REDIRECTS);
+    LazyLock::force(&COMPRESSED);
+    LazyLock::force(&COMPRESSION_BYTES);
     static PROCESS: std::sync::Once = std::sync::Once::new();
     PROCESS.call_once(|| {
         let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -782,6 +784,35 @@ static HTTPS_REDIRECTS: LazyLock<IntCounter> = LazyLock::new(|| {
 /// Counts a 308 to HTTPS.
 pub fn https_redirect() {
     HTTPS_REDIRECTS.inc();
+}
+
+static COMPRESSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_compressed_responses_total",
+        "Responses compressed on the way out, by content coding (br, gzip, zstd).",
+        &["encoding"]
+    )
+    .expect("metric registers once")
+});
+
+static COMPRESSION_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_compression_bytes_total",
+        "Body bytes into (in) and out of (out) the compressors, by content coding.",
+        &["encoding", "direction"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a finished compressed response and its bytes before and after.
+pub fn compressed(encoding: &'static str, bytes_in: usize, bytes_out: usize) {
+    COMPRESSED.with_label_values(&[encoding]).inc();
+    COMPRESSION_BYTES
+        .with_label_values(&[encoding, "in"])
+        .inc_by(bytes_in as u64);
+    COMPRESSION_BYTES
+        .with_label_values(&[encoding, "out"])
+        .inc_by(bytes_out as u64);
 }
 
 /// The default registry in Prometheus text format.

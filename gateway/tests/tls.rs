@@ -699,3 +699,43 @@ async fn the_plain_listener_redirects_to_https_and_https_answers_carry_hsts() {
     }
     gw.wait_metrics(&["gateway_https_redirects_total 1"]).await;
 }
+
+#[tokio::test]
+async fn curl_http2_gets_compressed_answers_from_the_cache_and_the_origin_is_asked_once() {
+    if !have_openssl() {
+        return;
+    }
+    let pki = Pki::new();
+    let (pem, key) = pki.leaf("a", "leaf-a", &["a.test"]);
+    let origin = Origin::start("o").await;
+    let tls = tls_addr();
+    let extra = "compression: { enabled: true, min_size: 1KiB }";
+    let _gw = Gateway::start(&config(&origin, tls, &[(&pem, &key)], extra)).await;
+
+    let path = "/resp?size=20000&h=content-type:application/json&h=cache-control:max-age%3D60";
+    let plain = curl(&pki, tls, "a.test", path, &["--http2"]).await;
+    assert_eq!((plain.version.as_str(), plain.status), ("2", 200));
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.body.len(), 20000);
+    for (accept, coding) in [("br", "br"), ("gzip", "gzip"), ("zstd", "zstd")] {
+        // --compressed: curl decodes what it is sent (and checks the stream is whole).
+        let got = curl(
+            &pki,
+            tls,
+            "a.test",
+            path,
+            &[
+                "--http2",
+                "--compressed",
+                "-H",
+                &format!("Accept-Encoding: {accept}"),
+            ],
+        )
+        .await;
+        assert_eq!(got.version, "2");
+        assert_eq!(got.header("content-encoding").as_deref(), Some(coding));
+        assert_eq!(got.header("x-cache").as_deref(), Some("hit"), "{accept}");
+        assert_eq!(got.body, vec![b'x'; 20000], "{accept}");
+    }
+    assert_eq!(origin.hits(), 1);
+}

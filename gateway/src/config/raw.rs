@@ -30,6 +30,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "upstreams",
     "cache",
     "tls",
+    "compression",
     "routes",
 ];
 
@@ -66,6 +67,8 @@ pub struct RawConfig {
     pub cache: RawCache,
     /// HTTPS listeners (rustls; HTTP/2 by ALPN); absent = plain HTTP only.
     pub tls: Option<RawTls>,
+    /// Response compression on the way out (after the cache).
+    pub compression: RawCompression,
     /// Routes, first match wins.
     pub routes: Vec<RawRoute>,
 }
@@ -87,6 +90,7 @@ impl Default for RawConfig {
             upstreams: BTreeMap::new(),
             cache: RawCache::default(),
             tls: None,
+            compression: RawCompression::default(),
             routes: Vec::new(),
         }
     }
@@ -122,6 +126,29 @@ impl Default for RawTls {
             handshake_timeout: Duration::from_secs(10),
             redirect_http: false,
             hsts: None,
+        }
+    }
+}
+
+/// `compression:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCompression {
+    /// Whether responses are compressed for clients that ask (off by default).
+    pub enabled: bool,
+    /// Codings offered, preferred first among equal `Accept-Encoding` q-values:
+    /// `br`, `gzip`, `zstd`.
+    pub algorithms: Vec<String>,
+    /// Bodies shorter than this (by `Content-Length`) are sent as they are.
+    pub min_size: Size,
+}
+
+impl Default for RawCompression {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            algorithms: vec!["br".into(), "gzip".into(), "zstd".into()],
+            min_size: Size(1024),
         }
     }
 }
@@ -446,6 +473,9 @@ pub struct RawRoute {
     pub cache: Option<RawRouteCache>,
     /// Concurrency, queue and rate limits.
     pub limits: RawRouteLimits,
+    /// `false` turns response compression off on this route (default: on
+    /// when `compression.enabled`).
+    pub compression: Option<bool>,
 }
 
 /// `routes[i].match:`

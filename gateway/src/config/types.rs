@@ -49,6 +49,8 @@ pub struct Config {
     pub cache: Cache,
     /// HTTPS listeners and certificates.
     pub tls: Option<Tls>,
+    /// Response compression.
+    pub compression: Compression,
     /// Routes in file order (first match wins).
     pub routes: Vec<Route>,
     /// The file as parsed (defaults filled in, secrets redacted), for `GET /config`.
@@ -81,6 +83,17 @@ pub struct ClientLimits {
     pub keepalive_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub h2_max_streams: u32,
+}
+
+/// `compression:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    /// On for routes that do not turn it off.
+    pub enabled: bool,
+    /// Codings offered, preferred first.
+    pub algorithms: Vec<crate::compression::Encoding>,
+    /// Smaller bodies (by `Content-Length`) stay as they are.
+    pub min_size: u64,
 }
 
 /// Lowest TLS protocol version accepted.
@@ -362,4 +375,6 @@ pub struct Route {
     pub cache: Option<RouteCache>,
     /// Limits.
     pub limits: RouteLimits,
+    /// Responses may be compressed (with `compression.enabled`).
+    pub compression: bool,
 }

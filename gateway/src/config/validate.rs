@@ -210,6 +210,7 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         keep_surrogate_keys: rcache.keep_surrogate_keys,
     };
 
+    let compression = compression(&mut c, &raw.compression);
     let tls = raw
         .tls
         .as_ref()
@@ -265,9 +266,39 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         upstreams,
         cache,
         tls,
+        compression,
         routes,
         source,
     })
+}
+
+/// `compression:`: known, distinct codings.
+fn compression(c: &mut Checker, rc: &raw::RawCompression) -> Compression {
+    let mut algorithms = Vec::with_capacity(rc.algorithms.len());
+    for (i, name) in rc.algorithms.iter().enumerate() {
+        match crate::compression::Encoding::parse(name) {
+            Some(e) if algorithms.contains(&e) => c.fail(
+                format!("compression.algorithms[{i}]"),
+                format!("{name:?} is listed twice"),
+            ),
+            Some(e) => algorithms.push(e),
+            None => c.fail(
+                format!("compression.algorithms[{i}]"),
+                format!("{name:?} is not one of br, gzip, zstd"),
+            ),
+        }
+    }
+    if rc.enabled && rc.algorithms.is_empty() {
+        c.fail(
+            "compression.algorithms",
+            "needs at least one of br, gzip, zstd",
+        );
+    }
+    Compression {
+        enabled: rc.enabled,
+        algorithms,
+        min_size: rc.min_size.as_u64(),
+    }
 }
 
 /// `tls:`: listeners, certificates (read and parsed here, so that a broken
@@ -358,9 +389,6 @@ fn tls(
         }
         http::HeaderValue::from_str(&v).ok()
     });
-    if t.redirect_http && addrs.first().is_none() {
-        c.fail("tls.redirect_http", "needs a tls.listen address");
-    }
     Some(Tls {
         https_port: addrs.first().map_or(443, |a| a.port()),
         listen: addrs,
@@ -765,6 +793,7 @@ fn route(
         allow_from,
         cache,
         limits,
+        compression: rr.compression.unwrap_or(true),
     })
 }
 

@@ -112,6 +112,12 @@ impl Ctx {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// Our compression module instead of Pingora's (q-values, no-transform,
+    /// ranges, min_size; see [`crate::compression`]).
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        modules.add_module(Box::new(crate::compression::CompressBuilder));
+    }
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             request_id: HeaderValue::from_static(""),

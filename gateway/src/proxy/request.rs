@@ -127,6 +127,16 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
         return Ok(true);
     };
     ctx.route = Some(i);
+    let compression = &snap.config.compression;
+    if compression.enabled && snap.config.routes[i].compression {
+        let req = session.downstream_session.req_header();
+        if let Some(module) = session
+            .downstream_modules_ctx
+            .get_mut::<crate::compression::Compress>()
+        {
+            module.configure(req, &compression.algorithms, compression.min_size);
+        }
+    }
     if let Some(allowed) = &snap.config.routes[i].allow_from {
         if !allowed.iter().any(|n| n.contains(&ctx.client.ip)) {
             response::respond_error(session, ctx, GatewayError::Forbidden).await?;
