@@ -11,6 +11,11 @@
 #      connections): gzip for both (nginx gzip_comp_level 5, the gateway's
 #      level), br and zstd for the gateway only (nginx-light has neither).
 #
+# On a shared machine throughput swings with the neighbours' load, so each
+# row also gives requests per CPU-second of the server (utime + stime of its
+# processes from /proc over the run): what one core would serve if the server
+# had it to itself.
+#
 #   loadtests/tls.sh                 # DURATION=10s
 set -euo pipefail
 [ -n "${TRACE:-}" ] && set -x
@@ -67,7 +72,7 @@ http { access_log off; $(temp "$dir/proxy")
   upstream app { server 127.0.0.1:$ORIGIN; keepalive 64; }
   gzip on; gzip_comp_level 5; gzip_min_length 1024; gzip_proxied any; gzip_vary on;
   gzip_types text/plain application/json;
-  server { listen 127.0.0.1:$NGINX_PORT ssl; http2 on;
+  server { listen 127.0.0.1:$NGINX_PORT ssl http2;
     ssl_certificate $dir/site.pem; ssl_certificate_key $dir/site.key;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
@@ -75,6 +80,7 @@ http { access_log off; $(temp "$dir/proxy")
 CONF
 taskset -c 1 "$NGINX" -p "$dir/origin" -c "$dir/origin/nginx.conf" -g 'daemon off;' & pids+=($!)
 taskset -c 0 "$NGINX" -p "$dir/proxy" -c "$dir/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
+NGINX_MASTER=$!
 cat > "$dir/gateway.yaml" <<YAML
 listen: "127.0.0.1:$GW_PORT"
 threads: 1
@@ -92,6 +98,7 @@ upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 routes: [{ name: all, match: { path_prefix: / }, upstream: origin, cache: { enabled: true } }]
 YAML
 RUST_LOG=error taskset -c 0 target/release/gateway -c "$dir/gateway.yaml" 2>"$dir/gateway.log" & pids+=($!)
+GW_PID=$!
 for url in "http://127.0.0.1:$ORIGIN/1k" "https://127.0.0.1:$NGINX_PORT/1k" "http://127.0.0.1:$GW_ADMIN/ready"; do
   curl_ok() { curl -kfsS -o /dev/null --max-time 1 "$1" 2>/dev/null; }
   deadline=$((SECONDS + 20))
@@ -107,33 +114,47 @@ for port in "$NGINX_PORT" "$GW_TLS"; do
     | grep -qi '^content-encoding: gzip' || die "port $port does not gzip"
 done
 
-run() { # label url [wrk options...]
-  local label=$1 url=$2; shift 2
+TCK=$(getconf CLK_TCK)
+# CPU ticks (user + system) of the nginx proxy (master and workers) or the gateway.
+ticks() {
+  local p total=0 list
+  if [ "$1" = nginx ]; then list="$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"; else list=$GW_PID; fi
+  for p in $list; do total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$total"
+}
+run() { # who label url [wrk options...]
+  local who=$1 label="$1: $2" url=$3; shift 3
+  local before; before=$(ticks "$who")
   local out; out=$(taskset -c 1 wrk -t1 -c64 -d"$DURATION" --latency "$@" "$url")
-  printf '| %-34s | %10s | %8s | %8s | %s\n' "$label" \
+  local used=$(( $(ticks "$who") - before ))
+  local total; total=$(awk '/requests in/ {print $1}' <<<"$out")
+  printf '| %-34s | %10s | %10s | %8s | %8s | %s\n' "$label" \
     "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
+    "$(( used > 0 ? total * TCK / used : 0 ))" \
     "$(awk '$1=="50%" {print $2}' <<<"$out")" \
     "$(awk '$1=="99%" {print $2}' <<<"$out")" \
     "$(awk '/Non-2xx|Socket errors/' <<<"$out" | tr '\n' ' ')"
 }
 echo
 echo "HTTPS: wrk -c64 -d$DURATION, proxies on core 0, wrk + origin on core 1"
-echo "| test                               | requests/s |      p50 |      p99 | errors"
-echo "|------------------------------------|------------|----------|----------|-------"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "| test                               | requests/s | req/CPU-s |      p50 |      p99 | errors"
+echo "|------------------------------------|------------|------------|----------|----------|-------"
 for who in nginx gateway; do
   port=$NGINX_PORT; [ $who = gateway ] && port=$GW_TLS
-  run "$who: handshake + 1 KiB hit" "https://127.0.0.1:$port/1k" -H 'Connection: close'
+  run $who "handshake + 1 KiB hit" "https://127.0.0.1:$port/1k" -H 'Connection: close'
 done
 for who in nginx gateway; do
   port=$NGINX_PORT; [ $who = gateway ] && port=$GW_TLS
-  run "$who: 1 KiB hit, keep-alive" "https://127.0.0.1:$port/1k"
+  run $who "1 KiB hit, keep-alive" "https://127.0.0.1:$port/1k"
 done
-run "nginx: 16 KiB hit, identity" "https://127.0.0.1:$NGINX_PORT/16k"
-run "gateway: 16 KiB hit, identity" "https://127.0.0.1:$GW_TLS/16k"
-run "nginx: 16 KiB hit, gzip" "https://127.0.0.1:$NGINX_PORT/16k" -H 'Accept-Encoding: gzip'
+run nginx "16 KiB hit, identity" "https://127.0.0.1:$NGINX_PORT/16k"
+run gateway "16 KiB hit, identity" "https://127.0.0.1:$GW_TLS/16k"
+run nginx "16 KiB hit, gzip" "https://127.0.0.1:$NGINX_PORT/16k" -H 'Accept-Encoding: gzip'
 for enc in gzip br zstd; do
-  run "gateway: 16 KiB hit, $enc" "https://127.0.0.1:$GW_TLS/16k" -H "Accept-Encoding: $enc"
+  run gateway "16 KiB hit, $enc" "https://127.0.0.1:$GW_TLS/16k" -H "Accept-Encoding: $enc"
 done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 for enc in gzip br zstd; do
   size=$(curl -kfsS -H "Accept-Encoding: $enc" "https://127.0.0.1:$GW_TLS/16k" | wc -c)
   echo "gateway $enc: 16384 -> $size bytes"
