@@ -410,6 +410,19 @@ async fn a_broken_certificate_is_refused_at_check_start_and_reload() {
         "the old certificate keeps serving"
     );
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+
+    // A repaired file and a moved listener: applied, the listener reported as restart-only.
+    std::fs::copy(&pem, &live).unwrap();
+    gw.write_conf(&config(&origin, tls_addr(), &[(&live, &key)], ""));
+    gw.signal("HUP");
+    gw.wait_metrics(&[r#"gateway_config_reloads_total{result="success"} 1"#])
+        .await;
+    let v = gw.admin_json("/config", "0123456789abcdef0123").await;
+    assert_eq!(
+        v["last_reload"]["pending_restart"],
+        serde_json::json!(["tls.listen"])
+    );
+    assert_eq!(served_cn(&s_client(&pki, tls, "a.test").await), "leaf-a");
 }
 
 /// A reqwest client for `a.test` on `tls` that trusts the test CA (HTTP/1.1
