@@ -47,6 +47,10 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Shared cache.
     pub cache: Cache,
+    /// HTTPS listeners and certificates.
+    pub tls: Option<Tls>,
+    /// Response compression.
+    pub compression: Compression,
     /// Routes in file order (first match wins).
     pub routes: Vec<Route>,
     /// The file as parsed (defaults filled in, secrets redacted), for `GET /config`.
@@ -77,6 +81,47 @@ pub struct ClientLimits {
     pub max_body_size: u64,
     /// Idle keep-alive time.
     pub keepalive_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_streams: u32,
+}
+
+/// `compression:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    /// On for routes that do not turn it off.
+    pub enabled: bool,
+    /// Codings offered, preferred first.
+    pub algorithms: Vec<crate::compression::Encoding>,
+    /// Smaller bodies (by `Content-Length`) stay as they are.
+    pub min_size: u64,
+}
+
+/// Lowest TLS protocol version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// `tls:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// HTTPS listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Loaded certificates, chosen by SNI.
+    pub certificates: crate::certs::CertStore,
+    /// Lowest version accepted.
+    pub min_version: TlsVersion,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// The plain listener redirects to HTTPS.
+    pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value, when configured.
+    pub hsts: Option<http::HeaderValue>,
+    /// Port of the first HTTPS listener (the redirect target's port).
+    pub https_port: u16,
 }
 
 /// `admin:`
@@ -335,4 +380,6 @@ pub struct Route {
     pub cache: Option<RouteCache>,
     /// Limits.
     pub limits: RouteLimits,
+    /// Responses may be compressed (with `compression.enabled`).
+    pub compression: bool,
 }

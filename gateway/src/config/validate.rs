@@ -172,7 +172,11 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         header_timeout: c.positive("client.header_timeout", rc.header_timeout),
         max_body_size: rc.max_body_size.as_u64(),
         keepalive_timeout: rc.keepalive_timeout,
+        h2_max_streams: rc.h2_max_streams,
     };
+    if rc.h2_max_streams == 0 {
+        c.fail("client.h2_max_streams", "must be > 0");
+    }
 
     let admin_listen = c.addr("admin.listen", &raw.admin.listen);
     let token = admin_token(&mut c, &raw.admin, world);
@@ -233,6 +237,12 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         forward_targeted: rcache.forward_targeted,
     };
 
+    let compression = compression(&mut c, &raw.compression);
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| tls(&mut c, t, listen, admin_listen, world));
+
     if raw.routes.is_empty() {
         c.fail("routes", "at least one route is needed");
     }
@@ -282,8 +292,138 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         },
         upstreams,
         cache,
+        tls,
+        compression,
         routes,
         source,
+    })
+}
+
+/// `compression:`: known, distinct codings.
+fn compression(c: &mut Checker, rc: &raw::RawCompression) -> Compression {
+    let mut algorithms = Vec::with_capacity(rc.algorithms.len());
+    for (i, name) in rc.algorithms.iter().enumerate() {
+        match crate::compression::Encoding::parse(name) {
+            Some(e) if algorithms.contains(&e) => c.fail(
+                format!("compression.algorithms[{i}]"),
+                format!("{name:?} is listed twice"),
+            ),
+            Some(e) => algorithms.push(e),
+            None => c.fail(
+                format!("compression.algorithms[{i}]"),
+                format!("{name:?} is not one of br, gzip, zstd"),
+            ),
+        }
+    }
+    if rc.enabled && rc.algorithms.is_empty() {
+        c.fail(
+            "compression.algorithms",
+            "needs at least one of br, gzip, zstd",
+        );
+    }
+    Compression {
+        enabled: rc.enabled,
+        algorithms,
+        min_size: rc.min_size.as_u64(),
+    }
+}
+
+/// `tls:`: listeners, certificates (read and parsed here, so that a broken
+/// file refuses the configuration), version and HSTS.
+fn tls(
+    c: &mut Checker,
+    t: &raw::RawTls,
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    world: &dyn Resolve,
+) -> Option<Tls> {
+    let mut addrs = Vec::with_capacity(t.listen.len());
+    if t.listen.is_empty() {
+        c.fail("tls.listen", "needs at least one address");
+    }
+    for (i, a) in t.listen.iter().enumerate() {
+        let key = format!("tls.listen[{i}]");
+        if let Some(a) = c.addr(&key, a) {
+            if Some(a) == listen || Some(a) == admin || addrs.contains(&a) {
+                c.fail(key, format!("{a} is already a listener of this file"));
+            }
+            addrs.push(a);
+        }
+    }
+    if t.certificates.is_empty() {
+        c.fail("tls.certificates", "needs at least one {cert, key} pair");
+    }
+    let mut files = Vec::with_capacity(t.certificates.len());
+    for (i, pair) in t.certificates.iter().enumerate() {
+        let mut read = |field: &str, path: &str| match world.read_file(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                c.fail(
+                    format!("tls.certificates[{i}].{field}"),
+                    format!("cannot read {path:?}: {e}"),
+                );
+                None
+            }
+        };
+        let cert = read("cert", &pair.cert);
+        let key = read("key", &pair.key);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            files.push((i, pair, cert, key));
+        }
+    }
+    let pems: Vec<_> = files
+        .iter()
+        .map(|(_, p, cert, key)| crate::certs::PemPair {
+            cert_path: &p.cert,
+            cert_pem: cert,
+            key_path: &p.key,
+            key_pem: key,
+        })
+        .collect();
+    let store = if files.len() == t.certificates.len() && !files.is_empty() {
+        match crate::certs::CertStore::load(&pems) {
+            Ok(s) => Some(s),
+            Err(errors) => {
+                for (i, msg) in errors {
+                    c.fail(format!("tls.certificates[{}]", files[i].0), msg);
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let min_version = match t.min_version.trim() {
+        "1.2" => Some(TlsVersion::Tls12),
+        "1.3" => Some(TlsVersion::Tls13),
+        other => {
+            c.fail(
+                "tls.min_version",
+                format!("{other:?} is not \"1.2\" or \"1.3\""),
+            );
+            None
+        }
+    };
+    let handshake_timeout = c.positive("tls.handshake_timeout", t.handshake_timeout);
+    let hsts = t.hsts.as_ref().and_then(|h| {
+        if h.max_age.subsec_nanos() != 0 {
+            c.fail("tls.hsts.max_age", "must be a whole number of seconds");
+            return None;
+        }
+        let mut v = format!("max-age={}", h.max_age.as_secs());
+        if h.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        http::HeaderValue::from_str(&v).ok()
+    });
+    Some(Tls {
+        https_port: addrs.first().map_or(443, |a| a.port()),
+        listen: addrs,
+        certificates: store?,
+        min_version: min_version?,
+        handshake_timeout,
+        redirect_http: t.redirect_http,
+        hsts,
     })
 }
 
@@ -680,6 +820,7 @@ fn route(
         allow_from,
         cache,
         limits,
+        compression: rr.compression.unwrap_or(true),
     })
 }
 
@@ -709,6 +850,9 @@ mod tests {
         }
         fn memory_limit(&self) -> Option<u64> {
             Some(2 << 30)
+        }
+        fn read_file(&self, _path: &str) -> std::io::Result<Vec<u8>> {
+            Err(std::io::ErrorKind::NotFound.into())
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Ctx {
     route: Option<usize>,
     /// Who sent the request (socket peer, trusted-proxy headers).
     client: Client,
+    /// The request came over TLS (a `tls.listen` listener).
+    tls: bool,
     /// Request body bytes seen so far.
     body_bytes: u64,
     /// Concurrency slots, once admitted.
@@ -112,6 +114,12 @@ impl Ctx {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// Our compression module instead of Pingora's (q-values, no-transform,
+    /// ranges, min_size; see [`crate::compression`]).
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        modules.add_module(Box::new(crate::compression::CompressBuilder));
+    }
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             request_id: HeaderValue::from_static(""),
@@ -122,6 +130,7 @@ impl ProxyHttp for Gateway {
                 peer_trusted: false,
                 ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             },
+            tls: false,
             body_bytes: 0,
             slots: None,
             peer: None,

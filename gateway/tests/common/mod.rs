@@ -762,14 +762,24 @@ impl Load {
 /// every tool) the test fails; elsewhere it says it was skipped and the caller
 /// returns early. The one place where a tool-dependent test decides that.
 pub fn require_tool(name: &str) -> bool {
+    require_tool_with(name, "--version")
+}
+
+/// [`require_tool`] for a tool that answers `name version_arg` instead
+/// (`openssl version`).
+pub fn require_tool_with(name: &str, version_arg: &str) -> bool {
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-    require_tool_under(name, ci)
+    require_tool_under_with(name, version_arg, ci)
 }
 
 /// [`require_tool`] with the CI decision made by the caller (for its own test).
 pub fn require_tool_under(name: &str, ci: bool) -> bool {
+    require_tool_under_with(name, "--version", ci)
+}
+
+fn require_tool_under_with(name: &str, version_arg: &str, ci: bool) -> bool {
     let found = Command::new(name)
-        .arg("--version")
+        .arg(version_arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
