@@ -145,8 +145,13 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
     server.bootstrap();
 
-    let mut proxy_app =
-        pingora::proxy::HttpProxy::new(Gateway::new(shared.clone()), server.configuration.clone());
+    let challenges = Arc::new(crate::acme::Challenges::default());
+    // TODO(merge with TLS listeners): the listeners' certificate resolver.
+    let installer: Arc<dyn crate::acme::Installer> = Arc::new(crate::acme::StoreOnly);
+    let mut proxy_app = pingora::proxy::HttpProxy::new(
+        Gateway::new(shared.clone(), challenges.clone()),
+        server.configuration.clone(),
+    );
     proxy_app.handle_init_modules();
     let mut proxy = Service::new(
         "gateway".to_string(),
@@ -163,6 +168,10 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
     server.add_service(pingora::services::background::background_service(
         "health checks",
         HealthChecker::new(shared.clone()),
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "acme",
+        crate::acme::AcmeService::new(shared.clone(), challenges, installer),
     ));
     server
 }

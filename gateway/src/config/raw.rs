@@ -30,6 +30,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "upstreams",
     "cache",
     "routes",
+    "tls",
 ];
 
 /// The whole file.
@@ -65,6 +66,8 @@ pub struct RawConfig {
     pub cache: RawCache,
     /// Routes, first match wins.
     pub routes: Vec<RawRoute>,
+    /// HTTPS: certificates, automatic ones included.
+    pub tls: RawTls,
 }
 
 impl Default for RawConfig {
@@ -84,6 +87,7 @@ impl Default for RawConfig {
             upstreams: BTreeMap::new(),
             cache: RawCache::default(),
             routes: Vec::new(),
+            tls: RawTls::default(),
         }
     }
 }
@@ -765,5 +769,48 @@ mod tests {
         assert_eq!(p("1 KB").unwrap(), Size(1000));
         assert_eq!(Size::try_from(SizeRepr::Bytes(7)).unwrap(), Size(7));
         assert!(p("10 zb").unwrap_err().contains("invalid size"));
+    }
+}
+
+/// `tls:`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificates obtained and renewed from an ACME CA (RFC 8555); absent = none.
+    pub acme: Option<RawAcme>,
+}
+
+/// The Let's Encrypt production directory, `tls.acme.directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `tls.acme:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAcme {
+    /// Contact address given to the CA (expiry notices).
+    pub email: String,
+    /// The names of the one certificate ordered (http-01: no wildcards).
+    pub domains: Vec<String>,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Trust roots for the directory's own TLS (a private CA, tests); absent = the web PKI.
+    pub directory_ca: Option<String>,
+    /// Account key and certificates (created 0700, files 0600).
+    pub storage: String,
+    /// Renew when less than this is left.
+    #[serde(with = "humantime_serde")]
+    pub renew_before: Duration,
+}
+
+impl Default for RawAcme {
+    fn default() -> Self {
+        Self {
+            email: String::new(),
+            domains: Vec::new(),
+            directory: LETS_ENCRYPT.into(),
+            directory_ca: None,
+            storage: "/var/lib/gateway/acme".into(),
+            renew_before: Duration::from_secs(30 * 86_400),
+        }
     }
 }

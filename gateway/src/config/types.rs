@@ -49,8 +49,27 @@ pub struct Config {
     pub cache: Cache,
     /// Routes in file order (first match wins).
     pub routes: Vec<Route>,
+    /// Automatic certificates (`tls.acme`), if configured.
+    pub acme: Option<Acme>,
     /// The file as parsed (defaults filled in, secrets redacted), for `GET /config`.
     pub source: RawConfig,
+}
+
+/// `tls.acme:` checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    /// Contact address (without `mailto:`).
+    pub email: String,
+    /// Lower-case DNS names, the first naming the stored files.
+    pub domains: Vec<String>,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Trust roots for the directory's TLS.
+    pub directory_ca: Option<PathBuf>,
+    /// Account key and certificates.
+    pub storage: PathBuf,
+    /// Renew when less than this is left.
+    pub renew_before: Duration,
 }
 
 /// `shutdown:` with whole-second durations where Pingora counts seconds.

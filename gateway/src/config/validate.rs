@@ -232,6 +232,8 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         }
     }
 
+    let acme = raw.tls.acme.as_ref().and_then(|a| acme(&mut c, a, world));
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -256,8 +258,70 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         upstreams,
         cache,
         routes,
+        acme,
         source,
     })
+}
+
+/// `tls.acme:`; `None` after a problem (recorded in `c`).
+fn acme(c: &mut Checker, a: &raw::RawAcme, world: &dyn Resolve) -> Option<Acme> {
+    let before = c.problems.len();
+    let email = a.email.trim();
+    if email.is_empty() || !email.contains('@') || email.contains(char::is_whitespace) {
+        c.fail("tls.acme.email", "must be an e-mail address (the CA's expiry notices)");
+    }
+    if a.domains.is_empty() {
+        c.fail("tls.acme.domains", "must name at least one domain");
+    }
+    let mut domains = Vec::new();
+    for d in &a.domains {
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        if d.starts_with("*.") {
+            c.fail(
+                "tls.acme.domains",
+                format!("{d}: a wildcard name needs a dns-01 challenge; the gateway answers http-01 only"),
+            );
+        } else if d.parse::<IpAddr>().is_ok() || !is_dns_name(&d) {
+            c.fail("tls.acme.domains", format!("{d:?} is not a DNS name"));
+        } else if !domains.contains(&d) {
+            domains.push(d);
+        }
+    }
+    if !a.directory.starts_with("https://") && !a.directory.starts_with("http://") {
+        c.fail("tls.acme.directory", "must be an http(s) URL of an ACME directory");
+    }
+    let directory_ca = a.directory_ca.as_ref().map(PathBuf::from);
+    if let Some(ca) = &directory_ca {
+        if let Err(e) = world.read_secret(&ca.to_string_lossy()) {
+            c.fail("tls.acme.directory_ca", format!("{}: {e}", ca.display()));
+        }
+    }
+    let storage = PathBuf::from(&a.storage);
+    if !storage.is_absolute() {
+        c.fail("tls.acme.storage", "must be an absolute path");
+    }
+    let renew_before = c.positive("tls.acme.renew_before", a.renew_before);
+    (c.problems.len() == before).then(|| Acme {
+        email: email.to_owned(),
+        domains,
+        directory: a.directory.clone(),
+        directory_ca,
+        storage,
+        renew_before,
+    })
+}
+
+/// Letters, digits and hyphens in dot-separated labels of 1..=63, 253 at most.
+fn is_dns_name(d: &str) -> bool {
+    d.len() <= 253
+        && d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn admin_token(c: &mut Checker, a: &raw::RawAdmin, world: &dyn Resolve) -> Option<String> {
