@@ -534,7 +534,7 @@ impl AcmeService {
             .as_ref()
             .is_none_or(|c| c.remaining(now) < settings.renew_before);
         if let Some(c) = &p.current {
-            metrics::tls_certificate_expiry(&settings.domains, c.remaining(now));
+            metrics::tls_certificate_expiry(&c.names, c.remaining(now));
         }
         if !due || p.not_before.is_some_and(|t| Instant::now() < t) {
             return;
@@ -569,6 +569,7 @@ impl AcmeService {
     fn adopt(&self, cert: Issued, p: &mut Progress, how: &str) {
         match self.installer.install(&cert) {
             Ok(()) => {
+                metrics::tls_certificate_expiry(&cert.names, cert.remaining(SystemTime::now()));
                 tracing::info!(names = ?cert.names, serial = %cert.serial, not_after = %humantime::format_rfc3339_seconds(cert.not_after), "ACME certificate {how}");
                 p.current = Some(cert);
             }

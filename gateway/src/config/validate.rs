@@ -268,7 +268,10 @@ fn acme(c: &mut Checker, a: &raw::RawAcme, world: &dyn Resolve) -> Option<Acme> 
     let before = c.problems.len();
     let email = a.email.trim();
     if email.is_empty() || !email.contains('@') || email.contains(char::is_whitespace) {
-        c.fail("tls.acme.email", "must be an e-mail address (the CA's expiry notices)");
+        c.fail(
+            "tls.acme.email",
+            "must be an e-mail address (the CA's expiry notices)",
+        );
     }
     if a.domains.is_empty() {
         c.fail("tls.acme.domains", "must name at least one domain");
@@ -288,7 +291,10 @@ fn acme(c: &mut Checker, a: &raw::RawAcme, world: &dyn Resolve) -> Option<Acme> 
         }
     }
     if !a.directory.starts_with("https://") && !a.directory.starts_with("http://") {
-        c.fail("tls.acme.directory", "must be an http(s) URL of an ACME directory");
+        c.fail(
+            "tls.acme.directory",
+            "must be an http(s) URL of an ACME directory",
+        );
     }
     let directory_ca = a.directory_ca.as_ref().map(PathBuf::from);
     if let Some(ca) = &directory_ca {
