@@ -83,7 +83,7 @@ _restore_policy_cmd() {
 }
 
 # The external tools that tests run, as TOOL:DEBIAN_PACKAGE.
-TEST_TOOLS=(promtool:prometheus systemd-analyze:systemd pebble:pebble pebble-challtestsrv:pebble openssl:openssl)
+TEST_TOOLS=(promtool:prometheus systemd-analyze:systemd curl:curl openssl:openssl pebble:pebble pebble-challtestsrv:pebble)
 
 # ensure_test_tools: installs the missing TEST_TOOLS (root with apt-get, no
 # service started). Under CI (CI non-empty) a tool still missing is an error,

@@ -6,8 +6,9 @@
 //! none is, or when less than `renew_before` of it is left. The http-01
 //! challenges are answered by the proxy from [`Challenges`] before routing
 //! (`/.well-known/acme-challenge/<token>`, never cached, never redirected). A
-//! new certificate is written to `storage` and handed to an [`Installer`] (the
-//! TLS listeners' certificate resolver), so it serves without a restart.
+//! new certificate is written to `storage` and put in [`Shared`], where the
+//! TLS listeners' certificate resolver finds it at the next handshake: no
+//! restart, no dropped connection.
 //!
 //! A failure is logged with its [`Cause`], counted in
 //! `gateway_acme_renewals_total{result}`, and retried with exponential backoff;
@@ -74,21 +75,6 @@ impl Challenges {
         if let Ok(mut t) = self.tokens.write() {
             t.clear();
         }
-    }
-}
-
-/// Where a new certificate goes: the TLS listeners' resolver.
-pub trait Installer: Send + Sync {
-    /// Serves `cert` for its names from now on; `Err` says why it cannot.
-    fn install(&self, cert: &Issued) -> Result<(), String>;
-}
-
-/// Keeps certificates on disk only (no TLS listener to serve them yet).
-pub struct StoreOnly;
-
-impl Installer for StoreOnly {
-    fn install(&self, _cert: &Issued) -> Result<(), String> {
-        Ok(())
     }
 }
 
@@ -451,21 +437,13 @@ async fn challenge_failure(order: &mut instant_acme::Order) -> Failure {
 pub struct AcmeService {
     shared: Arc<Shared>,
     challenges: Arc<Challenges>,
-    installer: Arc<dyn Installer>,
 }
 
 impl AcmeService {
-    /// A service answering through `challenges` and installing through `installer`.
-    pub fn new(
-        shared: Arc<Shared>,
-        challenges: Arc<Challenges>,
-        installer: Arc<dyn Installer>,
-    ) -> Self {
-        Self {
-            shared,
-            challenges,
-            installer,
-        }
+    /// A service answering through `challenges` and serving what it obtains
+    /// through `shared` (the TLS listeners' certificate resolver reads it).
+    pub fn new(shared: Arc<Shared>, challenges: Arc<Challenges>) -> Self {
+        Self { shared, challenges }
     }
 }
 
@@ -496,7 +474,7 @@ impl BackgroundService for AcmeService {
         let mut progress = Progress::default();
         loop {
             let snap = self.shared.snapshot();
-            if let Some(settings) = &snap.config.acme {
+            if let Some(settings) = snap.config.tls.as_ref().and_then(|t| t.acme.as_ref()) {
                 tokio::select! {
                     _ = self.tick(settings, &mut progress) => {}
                     _ = shutdown.changed() => return,
@@ -567,14 +545,35 @@ impl AcmeService {
     }
 
     fn adopt(&self, cert: Issued, p: &mut Progress, how: &str) {
-        match self.installer.install(&cert) {
+        let label = format!(
+            "tls.acme ({})",
+            p.settings
+                .as_ref()
+                .map_or("", |s| s.storage.to_str().unwrap_or(""))
+        );
+        let pair = crate::certs::PemPair {
+            cert_path: &label,
+            cert_pem: cert.chain_pem.as_bytes(),
+            key_path: &label,
+            key_pem: cert.key_pem.as_bytes(),
+        };
+        let installed = crate::certs::CertStore::load(&[pair])
+            .map(|store| self.shared.set_acme_certificates(store))
+            .map_err(|errors| {
+                errors
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+        match installed {
             Ok(()) => {
                 metrics::tls_certificate_expiry(&cert.names, cert.remaining(SystemTime::now()));
                 tracing::info!(names = ?cert.names, serial = %cert.serial, not_after = %humantime::format_rfc3339_seconds(cert.not_after), "ACME certificate {how}");
                 p.current = Some(cert);
             }
             Err(e) => {
-                tracing::error!(names = ?cert.names, error = %e, "ACME certificate {how} but refused by the TLS listener");
+                tracing::error!(names = ?cert.names, error = %e, "ACME certificate {how} but refused by the TLS listeners");
                 metrics::acme_renewal(Cause::Refused.label());
             }
         }

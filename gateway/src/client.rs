@@ -7,13 +7,24 @@
 //! from the first byte of a request until the proxy reports the header
 //! complete ([`header_complete`]); after each request ([`request_done`]) the
 //! deadline re-arms on the next request's first byte.
+//!
+//! On a `tls.listen` listener the TLS handshake runs here too, after the cap
+//! and under `tls.handshake_timeout` ([`crate::tls`]). HTTP/2 equivalents of
+//! the HTTP/1 protections: the same connection cap; the header deadline runs
+//! from the end of the handshake until the connection's first request header
+//! is complete (a connection that never sends one is closed); after that an
+//! HTTP/2 connection with no request in progress — including one whose
+//! streams never complete their headers — is closed after
+//! `client.keepalive_timeout` (Pingora's h2 idle timeout). Header-list size and
+//! concurrent streams per connection are HTTP/2 settings (see `server.rs`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,15 +42,50 @@ use tokio::time::{Instant, Sleep};
 
 use crate::metrics;
 use crate::state::Shared;
+use crate::tls::TlsAcceptors;
 
 const ARMED: u8 = 0;
 const DONE: u8 = 1;
 const NEXT: u8 = 2;
 
+/// HTTP/2 connections still waiting for their first complete request
+/// header, by the address of their socket digest (the one connection-wide
+/// object an HTTP/2 session exposes): the first request disarms the deadline.
+static H2_ARMED: LazyLock<Mutex<HashMap<usize, Arc<AtomicU8>>>> = LazyLock::new(Mutex::default);
+/// Entries in [`H2_ARMED`]: lets requests skip the lock when none is armed.
+static H2_ARMED_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+fn h2_register(key: usize, phase: Arc<AtomicU8>) {
+    if let Ok(mut m) = H2_ARMED.lock() {
+        if m.insert(key, phase).is_none() {
+            H2_ARMED_COUNT.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn h2_remove(key: usize) -> Option<Arc<AtomicU8>> {
+    let removed = H2_ARMED.lock().ok()?.remove(&key);
+    if removed.is_some() {
+        H2_ARMED_COUNT.fetch_sub(1, Ordering::AcqRel);
+    }
+    removed
+}
+
+/// The HTTP/2 registry key of a session's connection.
+fn h2_key(session: &Session) -> Option<usize> {
+    let digest = session.as_downstream().digest()?;
+    digest
+        .socket_digest
+        .as_ref()
+        .map(|d| Arc::as_ptr(d) as usize)
+}
+
 /// A downstream connection with a whole-header deadline.
 pub struct GuardedStream {
     inner: Stream,
-    phase: AtomicU8,
+    phase: Arc<AtomicU8>,
+    /// Set on an HTTP/2 connection: its key in [`H2_ARMED`] until the first request.
+    h2_key: Option<usize>,
     header_timeout: Duration,
     deadline: Pin<Box<Sleep>>,
     /// Our JSON answer in place of Pingora's bare 400, and how much of it is written.
@@ -57,9 +103,19 @@ impl fmt::Debug for GuardedStream {
 
 impl GuardedStream {
     fn new(inner: Stream, header_timeout: Duration, open: OpenConnection) -> Self {
+        let phase = Arc::new(AtomicU8::new(ARMED));
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        let h2_key = h2
+            .then(|| inner.get_socket_digest())
+            .flatten()
+            .map(|d| Arc::as_ptr(&d) as usize);
+        if let Some(key) = h2_key {
+            h2_register(key, phase.clone());
+        }
         Self {
             inner,
-            phase: AtomicU8::new(ARMED),
+            phase,
+            h2_key,
             header_timeout,
             deadline: Box::pin(tokio::time::sleep(header_timeout)),
             replacing: None,
@@ -70,6 +126,9 @@ impl GuardedStream {
     /// Best effort: tell the client why the connection closes. Nothing has been
     /// written during a header phase, so the socket buffer takes it at once.
     fn write_timeout_answer(&mut self, cx: &mut Context<'_>) {
+        if self.h2_key.is_some() {
+            return; // HTTP/2 frames, not text: the connection just closes.
+        }
         let msg = closing_answer("408 Request Timeout", "request header timeout");
         let _ = Pin::new(&mut self.inner).poll_write(cx, &msg);
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
@@ -127,6 +186,10 @@ fn guarded(session: &Session) -> Option<&GuardedStream> {
 pub fn header_complete(session: &Session) {
     if let Some(g) = guarded(session) {
         g.phase.store(DONE, Ordering::Release);
+    } else if H2_ARMED_COUNT.load(Ordering::Acquire) > 0 {
+        if let Some(phase) = h2_key(session).and_then(h2_remove) {
+            phase.store(DONE, Ordering::Release);
+        }
     }
 }
 
@@ -179,6 +242,7 @@ impl AsyncWrite for GuardedStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.replacing.is_none()
+            && this.h2_key.is_none()
             && this.phase.load(Ordering::Acquire) == ARMED
             && buf.starts_with(PINGORA_400)
         {
@@ -207,7 +271,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let armed = self.phase.load(Ordering::Acquire) == ARMED;
+        let armed = self.h2_key.is_none() && self.phase.load(Ordering::Acquire) == ARMED;
         if self.replacing.is_some()
             || (armed && bufs.first().is_some_and(|b| b.starts_with(PINGORA_400)))
         {
@@ -283,6 +347,14 @@ impl Peek for GuardedStream {
     }
 }
 
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        if let Some(key) = self.h2_key {
+            h2_remove(key);
+        }
+    }
+}
+
 /// One open downstream connection, counted while it lives.
 struct OpenConnection(Arc<Shared>);
 
@@ -303,6 +375,8 @@ impl Drop for OpenConnection {
 pub struct GuardedApp<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    /// Set on the HTTPS listeners: the handshake runs before the proxy sees the stream.
+    tls: Option<Arc<TlsAcceptors>>,
 }
 
 impl<A> GuardedApp<A> {
@@ -311,6 +385,16 @@ impl<A> GuardedApp<A> {
         Self {
             inner: Arc::new(inner),
             shared,
+            tls: None,
+        }
+    }
+
+    /// Like [`GuardedApp::new`], for a listener whose connections speak TLS.
+    pub fn with_tls(inner: A, shared: Arc<Shared>, tls: Arc<TlsAcceptors>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            shared,
+            tls: Some(tls),
         }
     }
 }
@@ -327,10 +411,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = self.shared.snapshot().config.client;
+        let snap = self.shared.snapshot();
+        let limits = snap.config.client;
         let (open, count) = OpenConnection::open(&self.shared);
         if count > limits.max_connections {
             metrics::connection_rejected();
+            if self.tls.is_some() {
+                // No handshake spent on a connection that is turned away.
+                return None;
+            }
             let _ =
                 tokio::time::timeout(Duration::from_millis(200), stream.write_all(TOO_MANY)).await;
             let _ = tokio::time::timeout(
@@ -341,6 +430,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             drop(open);
             return None;
         }
+        let stream = match (&self.tls, snap.config.tls.as_ref()) {
+            (None, _) => stream,
+            (Some(acceptors), Some(tls)) => acceptors.accept(stream, tls).await.ok()?,
+            (Some(_), None) => return None,
+        };
+        drop(snap);
         let guarded: Stream = Box::new(GuardedStream::new(stream, limits.header_timeout, open));
         self.inner.process_new(guarded, shutdown).await
     }

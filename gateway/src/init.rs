@@ -130,7 +130,28 @@ client:
   max_body_size: 10MiB
   # Slow clients: the whole header block within this (slowloris).
   header_timeout: 10s
+  # Also how long an HTTP/2 connection with no request in progress stays open.
   keepalive_timeout: 60s
+  # HTTP/2 (HTTPS only): concurrent requests per connection. [restart]
+  h2_max_streams: 100
+
+# HTTPS (rustls), HTTP/2 by ALPN. Uncomment with your certificate files (PEM;
+# the chain with the leaf first). Each certificate answers for the names in it
+# (exact and *.wildcard, chosen by SNI); the first also answers clients that
+# send no known name. SIGHUP re-reads the files: a broken one is refused and
+# the running certificates keep serving. Upstream requests then carry
+# X-Forwarded-Proto: https.
+#tls:
+#  listen: ["0.0.0.0:443"]          # [restart]
+#  certificates:
+#    - { cert: /etc/gateway/tls/site.pem, key: /etc/gateway/tls/site.key }
+#  min_version: "1.2"               # or "1.3"
+#  handshake_timeout: 10s
+#  # The plain listener answers 308 to https (except /.well-known/acme-challenge/
+#  # and ready_path).
+#  redirect_http: false
+#  # Strict-Transport-Security on HTTPS responses; absent: none.
+#  hsts: { max_age: 180d, include_subdomains: false }
 
 admin:
   # /health, /ready, /metrics are open; /stats, /cache/*, /limits, /upstreams,

@@ -748,6 +748,9 @@ pub fn init() {
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&QUEUE_WAIT);
+    LazyLock::force(&TLS_HANDSHAKES);
+    LazyLock::force(&PROTOCOL_HANDLES);
+    LazyLock::force(&HTTPS_REDIRECTS);
     static PROCESS: std::sync::Once = std::sync::Once::new();
     PROCESS.call_once(|| {
         let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -759,6 +762,58 @@ pub fn init() {
     RELOAD_OK.set(1);
     LazyLock::force(&BUILD_INFO);
     LazyLock::force(&UNROUTED);
+}
+
+static TLS_HANDSHAKES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_tls_handshakes_total",
+        "TLS handshakes on the tls.listen listeners, by result (ok, timeout, failed).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a TLS handshake by result (`ok`, `timeout`, `failed`).
+pub fn tls_handshake(result: &'static str) {
+    TLS_HANDSHAKES.with_label_values(&[result]).inc();
+}
+
+static PROTOCOL_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_requests_by_protocol_total",
+        "Requests answered, by client protocol (http/1.0, http/1.1, h2) and transport (tcp, tls).",
+        &["protocol", "transport"]
+    )
+    .expect("metric registers once")
+});
+
+/// One handle per (protocol, transport) pair, resolved once.
+static PROTOCOL_HANDLES: LazyLock<[[IntCounter; 2]; 3]> = LazyLock::new(|| {
+    ["http/1.0", "http/1.1", "h2"]
+        .map(|p| ["tcp", "tls"].map(|t| PROTOCOL_REQUESTS.with_label_values(&[p, t])))
+});
+
+/// Counts an answered request by its HTTP version and whether it came over TLS.
+pub fn request_protocol(version: http::Version, tls: bool) {
+    let p = match version {
+        http::Version::HTTP_2 => 2,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => 0,
+        _ => 1,
+    };
+    PROTOCOL_HANDLES[p][usize::from(tls)].inc();
+}
+
+static HTTPS_REDIRECTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_https_redirects_total",
+        "Plain-HTTP requests answered with a 308 to HTTPS (tls.redirect_http)."
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a 308 to HTTPS.
+pub fn https_redirect() {
+    HTTPS_REDIRECTS.inc();
 }
 
 /// The default registry in Prometheus text format.

@@ -151,15 +151,17 @@ impl Drop for Pebble {
     }
 }
 
-fn config(pebble: &Pebble, storage: &Path, renew_before: &str) -> String {
+fn config(pebble: &Pebble, storage: &Path, renew_before: &str, https: u16) -> String {
     format!(
         r#"
 listen: "{{listen}}"
 admin: {{ listen: "{{admin}}" }}
 access_log: {{ enabled: false }}
+ready_path: /ready
 upstreams: {{ app: {{ servers: ["127.0.0.1:9"] }} }}
 routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
 tls:
+  listen: ["127.0.0.1:{https}"]
   acme:
     email: ops@acme.test
     domains: [{DOMAIN}, www.{DOMAIN}]
@@ -184,6 +186,48 @@ fn serial(storage: &Path) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The serial of the certificate the HTTPS listener serves for `name`.
+fn served_serial(https: u16, name: &str) -> String {
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{https}"),
+            "-servername",
+            name,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(s_client.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    let _ = s_client.wait();
+    String::from_utf8_lossy(&x509.stdout).trim().to_owned()
+}
+
+/// Waits until the HTTPS listener serves the certificate with `serial`.
+async fn wait_served(https: u16, serial: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = tokio::task::spawn_blocking(move || served_serial(https, DOMAIN))
+            .await
+            .unwrap();
+        if served == serial {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "served {served:?}, not {serial:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until the stored certificate's serial differs from `old`.
@@ -229,7 +273,7 @@ async fn metrics(gw: &Gateway) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificates_are_issued_renewed_kept_on_failure_and_reloaded_from_storage() {
-    if !require_tool("pebble") || !require_tool("openssl") {
+    if !require_tool("pebble") || !require_tool("openssl") || !require_tool("curl") {
         return;
     }
     let http_port = free_port();
@@ -237,10 +281,11 @@ async fn certificates_are_issued_renewed_kept_on_failure_and_reloaded_from_stora
     let state = tempfile::tempdir().unwrap();
     let storage = state.path().join("acme");
     let listen = format!("127.0.0.1:{http_port}");
+    let https = free_port();
     let env = [("GATEWAY_LISTEN", listen.as_str())];
 
     // First issuance: the challenge is answered on the plain listener.
-    let gw = Gateway::start_with_env(&config(&pebble, &storage, "30d"), &env).await;
+    let gw = Gateway::start_with_env(&config(&pebble, &storage, "30d", https), &env).await;
     let first = wait_new_serial(&storage, None, &gw, &pebble).await;
     let m = gw
         .wait_metrics(&["gateway_acme_renewals_total{result=\"ok\"} 1"])
@@ -273,6 +318,17 @@ async fn certificates_are_issued_renewed_kept_on_failure_and_reloaded_from_stora
         sans.contains(&format!("DNS:{DOMAIN}")) && sans.contains(&format!("DNS:www.{DOMAIN}")),
         "{sans}"
     );
+    // A real client reaches the gateway over TLS with the certificate it obtained.
+    wait_served(https, &first).await;
+    let curl = Command::new("curl")
+        .args(["-fsS", "--cacert"])
+        .arg(&root)
+        .args(["--resolve", &format!("www.{DOMAIN}:{https}:127.0.0.1")])
+        .arg(format!("https://www.{DOMAIN}:{https}/ready"))
+        .output()
+        .unwrap();
+    assert!(curl.status.success(), "{curl:?}");
+    assert!(String::from_utf8_lossy(&curl.stdout).contains("ready"));
     // Storage: 0700, files 0600.
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -284,26 +340,28 @@ async fn certificates_are_issued_renewed_kept_on_failure_and_reloaded_from_stora
 
     // A renew_before longer than the certificate's lifetime forces a renewal,
     // without a restart (SIGHUP).
-    gw.write_conf(&config(&pebble, &storage, "100000d"));
+    gw.write_conf(&config(&pebble, &storage, "100000d", https));
     gw.signal("HUP");
     let second = wait_new_serial(&storage, Some(&first), &gw, &pebble).await;
     gw.wait_metrics(&["gateway_acme_renewals_total{result=\"ok\"} 2"])
         .await;
+    wait_served(https, &second).await;
 
     // Pebble gone: the renewal fails, is counted with its cause, and the
     // current certificate stays.
     pebble.stop();
-    gw.write_conf(&config(&pebble, &storage, "200000d"));
+    gw.write_conf(&config(&pebble, &storage, "200000d", https));
     gw.signal("HUP");
     gw.wait_metrics(&["gateway_acme_renewals_total{result=\"unreachable\"} 1"])
         .await;
     assert_eq!(serial(&storage).as_deref(), Some(second.as_str()));
     assert!(gw.stderr().contains("ACME order failed"), "{}", gw.stderr());
+    wait_served(https, &second).await;
     drop(gw);
 
     // A restart loads the stored certificate and orders nothing (Pebble is
     // still down: an order would fail and be counted).
-    let gw = Gateway::start_with_env(&config(&pebble, &storage, "30d"), &env).await;
+    let gw = Gateway::start_with_env(&config(&pebble, &storage, "30d", https), &env).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let m = loop {
         let m = metrics(&gw).await;

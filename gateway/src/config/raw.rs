@@ -29,6 +29,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "access_log",
     "upstreams",
     "cache",
+    "tls",
     "routes",
     "tls",
 ];
@@ -64,10 +65,10 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     /// The shared response cache.
     pub cache: RawCache,
+    /// HTTPS listeners (rustls; HTTP/2 by ALPN); absent = plain HTTP only.
+    pub tls: Option<RawTls>,
     /// Routes, first match wins.
     pub routes: Vec<RawRoute>,
-    /// HTTPS: certificates, automatic ones included.
-    pub tls: RawTls,
 }
 
 impl Default for RawConfig {
@@ -86,8 +87,76 @@ impl Default for RawConfig {
             access_log: RawAccessLog::default(),
             upstreams: BTreeMap::new(),
             cache: RawCache::default(),
+            tls: None,
             routes: Vec::new(),
-            tls: RawTls::default(),
+        }
+    }
+}
+
+/// `tls:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// HTTPS listeners, `host:port` each. Needs a restart to change.
+    pub listen: Vec<String>,
+    /// PEM certificate chains and keys; chosen by SNI from the names in each
+    /// certificate (the first pair answers clients without a known name).
+    pub certificates: Vec<RawCertificate>,
+    /// Lowest TLS version accepted: `"1.2"` or `"1.3"`.
+    pub min_version: String,
+    /// Deadline for a client's TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// The plain listener answers `308` to the same URL on HTTPS (except ACME
+    /// challenges and `ready_path`).
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security` on HTTPS responses; absent = none.
+    pub hsts: Option<RawHsts>,
+    /// Certificates obtained and renewed from an ACME CA (RFC 8555), beside
+    /// `certificates`; absent = none.
+    pub acme: Option<RawAcme>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0:443".into()],
+            certificates: Vec::new(),
+            min_version: "1.2".into(),
+            handshake_timeout: Duration::from_secs(10),
+            redirect_http: false,
+            hsts: None,
+            acme: None,
+        }
+    }
+}
+
+/// `tls.certificates[i]:`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// `tls.hsts:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawHsts {
+    /// `max-age`, whole seconds.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Add `includeSubDomains`.
+    pub include_subdomains: bool,
+}
+
+impl Default for RawHsts {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(180 * 86_400),
+            include_subdomains: false,
         }
     }
 }
@@ -131,6 +200,8 @@ pub struct RawClient {
     /// How long an idle client connection is kept open.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// Concurrent HTTP/2 streams (requests) per connection at most.
+    pub h2_max_streams: u32,
 }
 
 impl Default for RawClient {
@@ -142,6 +213,7 @@ impl Default for RawClient {
             header_timeout: Duration::from_secs(10),
             max_body_size: Size(10 << 20),
             keepalive_timeout: Duration::from_secs(60),
+            h2_max_streams: 100,
         }
     }
 }
@@ -770,14 +842,6 @@ mod tests {
         assert_eq!(Size::try_from(SizeRepr::Bytes(7)).unwrap(), Size(7));
         assert!(p("10 zb").unwrap_err().contains("invalid size"));
     }
-}
-
-/// `tls:`
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawTls {
-    /// Certificates obtained and renewed from an ACME CA (RFC 8555); absent = none.
-    pub acme: Option<RawAcme>,
 }
 
 /// The Let's Encrypt production directory, `tls.acme.directory`'s default.

@@ -47,10 +47,10 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Shared cache.
     pub cache: Cache,
+    /// HTTPS listeners and certificates.
+    pub tls: Option<Tls>,
     /// Routes in file order (first match wins).
     pub routes: Vec<Route>,
-    /// Automatic certificates (`tls.acme`), if configured.
-    pub acme: Option<Acme>,
     /// The file as parsed (defaults filled in, secrets redacted), for `GET /config`.
     pub source: RawConfig,
 }
@@ -96,6 +96,38 @@ pub struct ClientLimits {
     pub max_body_size: u64,
     /// Idle keep-alive time.
     pub keepalive_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_streams: u32,
+}
+
+/// Lowest TLS protocol version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// `tls:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// HTTPS listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Loaded certificates, chosen by SNI.
+    pub certificates: crate::certs::CertStore,
+    /// Lowest version accepted.
+    pub min_version: TlsVersion,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// The plain listener redirects to HTTPS.
+    pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value, when configured.
+    pub hsts: Option<http::HeaderValue>,
+    /// Port of the first HTTPS listener (the redirect target's port).
+    pub https_port: u16,
+    /// Automatic certificates, if configured.
+    pub acme: Option<Acme>,
 }
 
 /// `admin:`

@@ -147,7 +147,11 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         header_timeout: c.positive("client.header_timeout", rc.header_timeout),
         max_body_size: rc.max_body_size.as_u64(),
         keepalive_timeout: rc.keepalive_timeout,
+        h2_max_streams: rc.h2_max_streams,
     };
+    if rc.h2_max_streams == 0 {
+        c.fail("client.h2_max_streams", "must be > 0");
+    }
 
     let admin_listen = c.addr("admin.listen", &raw.admin.listen);
     let token = admin_token(&mut c, &raw.admin, world);
@@ -206,6 +210,11 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         keep_surrogate_keys: rcache.keep_surrogate_keys,
     };
 
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| tls(&mut c, t, listen, admin_listen, world));
+
     if raw.routes.is_empty() {
         c.fail("routes", "at least one route is needed");
     }
@@ -232,8 +241,6 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         }
     }
 
-    let acme = raw.tls.acme.as_ref().and_then(|a| acme(&mut c, a, world));
-
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -257,8 +264,8 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         },
         upstreams,
         cache,
+        tls,
         routes,
-        acme,
         source,
     })
 }
@@ -298,7 +305,7 @@ fn acme(c: &mut Checker, a: &raw::RawAcme, world: &dyn Resolve) -> Option<Acme> 
     }
     let directory_ca = a.directory_ca.as_ref().map(PathBuf::from);
     if let Some(ca) = &directory_ca {
-        if let Err(e) = world.read_secret(&ca.to_string_lossy()) {
+        if let Err(e) = world.read_file(&ca.to_string_lossy()) {
             c.fail("tls.acme.directory_ca", format!("{}: {e}", ca.display()));
         }
     }
@@ -328,6 +335,116 @@ fn is_dns_name(d: &str) -> bool {
                 && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+/// `tls:`: listeners, certificates (read and parsed here, so that a broken
+/// file refuses the configuration), version and HSTS.
+fn tls(
+    c: &mut Checker,
+    t: &raw::RawTls,
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    world: &dyn Resolve,
+) -> Option<Tls> {
+    let mut addrs = Vec::with_capacity(t.listen.len());
+    if t.listen.is_empty() {
+        c.fail("tls.listen", "needs at least one address");
+    }
+    for (i, a) in t.listen.iter().enumerate() {
+        let key = format!("tls.listen[{i}]");
+        if let Some(a) = c.addr(&key, a) {
+            if Some(a) == listen || Some(a) == admin || addrs.contains(&a) {
+                c.fail(key, format!("{a} is already a listener of this file"));
+            }
+            addrs.push(a);
+        }
+    }
+    if t.certificates.is_empty() && t.acme.is_none() {
+        c.fail(
+            "tls.certificates",
+            "needs at least one {cert, key} pair (or tls.acme)",
+        );
+    }
+    let mut files = Vec::with_capacity(t.certificates.len());
+    for (i, pair) in t.certificates.iter().enumerate() {
+        let mut read = |field: &str, path: &str| match world.read_file(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                c.fail(
+                    format!("tls.certificates[{i}].{field}"),
+                    format!("cannot read {path:?}: {e}"),
+                );
+                None
+            }
+        };
+        let cert = read("cert", &pair.cert);
+        let key = read("key", &pair.key);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            files.push((i, pair, cert, key));
+        }
+    }
+    let pems: Vec<_> = files
+        .iter()
+        .map(|(_, p, cert, key)| crate::certs::PemPair {
+            cert_path: &p.cert,
+            cert_pem: cert,
+            key_path: &p.key,
+            key_pem: key,
+        })
+        .collect();
+    let store = if files.len() == t.certificates.len() {
+        match crate::certs::CertStore::load(&pems) {
+            Ok(s) => Some(s),
+            Err(errors) => {
+                for (i, msg) in errors {
+                    c.fail(format!("tls.certificates[{}]", files[i].0), msg);
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let min_version = match t.min_version.trim() {
+        "1.2" => Some(TlsVersion::Tls12),
+        "1.3" => Some(TlsVersion::Tls13),
+        other => {
+            c.fail(
+                "tls.min_version",
+                format!("{other:?} is not \"1.2\" or \"1.3\""),
+            );
+            None
+        }
+    };
+    let handshake_timeout = c.positive("tls.handshake_timeout", t.handshake_timeout);
+    let hsts = t.hsts.as_ref().and_then(|h| {
+        if h.max_age.subsec_nanos() != 0 {
+            c.fail("tls.hsts.max_age", "must be a whole number of seconds");
+            return None;
+        }
+        let mut v = format!("max-age={}", h.max_age.as_secs());
+        if h.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        http::HeaderValue::from_str(&v).ok()
+    });
+    if t.redirect_http && addrs.first().is_none() {
+        c.fail("tls.redirect_http", "needs a tls.listen address");
+    }
+    let acme = match &t.acme {
+        Some(a) => Some(acme(c, a, world)?),
+        None => None,
+    };
+    Some(Tls {
+        https_port: addrs.first().map_or(443, |a| a.port()),
+        listen: addrs,
+        certificates: store?,
+        min_version: min_version?,
+        handshake_timeout,
+        redirect_http: t.redirect_http,
+        hsts,
+        acme,
+    })
 }
 
 fn admin_token(c: &mut Checker, a: &raw::RawAdmin, world: &dyn Resolve) -> Option<String> {
@@ -752,6 +869,9 @@ mod tests {
         }
         fn memory_limit(&self) -> Option<u64> {
             Some(2 << 30)
+        }
+        fn read_file(&self, _path: &str) -> std::io::Result<Vec<u8>> {
+            Err(std::io::ErrorKind::NotFound.into())
         }
     }
 

@@ -14,6 +14,9 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         Some((snap, route)) => &*snap.routes[route].metrics,
         None => &*UNROUTED,
     };
+    if status > 0 {
+        crate::metrics::request_protocol(session.req_header().version, ctx.tls);
+    }
     if status > 0 && !ctx.probe {
         metrics.request(&session.req_header().method, status, ctx.cache.outcome);
         metrics.duration(status, ctx.cache.outcome, elapsed.as_secs_f64());

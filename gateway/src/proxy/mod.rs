@@ -53,6 +53,8 @@ pub struct Ctx {
     route: Option<usize>,
     /// Who sent the request (socket peer, trusted-proxy headers).
     client: Client,
+    /// The request came over TLS (a `tls.listen` listener).
+    tls: bool,
     /// Request body bytes seen so far.
     body_bytes: u64,
     /// Concurrency slots, once admitted.
@@ -124,6 +126,7 @@ impl ProxyHttp for Gateway {
                 peer_trusted: false,
                 ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             },
+            tls: false,
             body_bytes: 0,
             slots: None,
             peer: None,

@@ -32,6 +32,22 @@ pub(super) fn prepare_response(
         }
     }
     resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    add_hsts(resp, ctx)
+}
+
+/// `tls.hsts` on responses to HTTPS requests.
+fn add_hsts(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    if !ctx.tls {
+        return Ok(());
+    }
+    let hsts = ctx
+        .snapshot
+        .as_deref()
+        .and_then(|s| s.config.tls.as_ref())
+        .and_then(|t| t.hsts.clone());
+    if let Some(v) = hsts {
+        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v)?;
+    }
     Ok(())
 }
 
@@ -77,6 +93,7 @@ async fn respond_error_with(
     let body = err.body(ctx.request_id());
     let mut header = err.header(ctx.request_id(), body.len())?;
     extra(&mut header)?;
+    add_hsts(&mut header, ctx)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(header), head_only)
