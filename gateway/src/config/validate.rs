@@ -916,4 +916,43 @@ routes: [ { name: a, match: { path_prefix: / }, upstream: app } ]
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["admin.token_file", "upstreams.app.servers[0]"]);
     }
+
+    #[test]
+    fn acme_names_the_key_of_each_problem_and_needs_no_certificate_files() {
+        let base = r#"
+upstreams: { app: { servers: ["app.internal:5000"] } }
+routes: [ { name: a, match: { path_prefix: / }, upstream: app } ]
+tls:
+  listen: ["127.0.0.1:8443"]
+  acme:
+"#;
+        let c = check(&format!(
+            "{base}    email: ops@example.com\n    domains: [Example.COM., www.example.com, example.com]\n"
+        ))
+        .unwrap();
+        let acme = c.tls.unwrap().acme.unwrap();
+        assert_eq!(acme.domains, ["example.com", "www.example.com"], "lower case, once each");
+        assert_eq!(acme.directory, raw::LETS_ENCRYPT);
+        assert_eq!(acme.renew_before, Duration::from_secs(30 * 86_400));
+        let problems = check(&format!(
+            "{base}    email: nobody\n    domains: [\"*.example.com\", 10.0.0.1, \"bad_name.example\"]\n    \
+             storage: relative/dir\n    directory_ca: /nowhere/ca.pem\n    directory: ftp://x\n    renew_before: 0s\n"
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tls.acme.email",
+                "tls.acme.domains",
+                "tls.acme.domains",
+                "tls.acme.domains",
+                "tls.acme.directory",
+                "tls.acme.directory_ca",
+                "tls.acme.storage",
+                "tls.acme.renew_before"
+            ]
+        );
+        assert!(problems[1].message.contains("dns-01"), "{}", problems[1].message);
+    }
 }
