@@ -190,9 +190,6 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
     Ok(false)
 }
 
-/// ACME HTTP-01 challenges must stay reachable over plain HTTP.
-const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
-
 /// `tls.redirect_http`: a plain-HTTP request gets `308` to the same URL on
 /// HTTPS (the port of `tls.listen[0]`, left out when 443). ACME challenges are
 /// exempt (the readiness path is answered before this). A request without a
@@ -206,7 +203,7 @@ async fn redirect_to_https(
         return Ok(false);
     };
     let req = session.req_header();
-    if ctx.tls || req.uri.path().starts_with(ACME_CHALLENGE) {
+    if ctx.tls || req.uri.path().starts_with(crate::acme::CHALLENGE_PREFIX) {
         return Ok(false);
     }
     let host = req
