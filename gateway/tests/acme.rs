@@ -162,6 +162,7 @@ upstreams: {{ app: {{ servers: ["127.0.0.1:9"] }} }}
 routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
 tls:
   listen: ["127.0.0.1:{https}"]
+  redirect_http: true          # the challenge is exempt
   acme:
     email: ops@acme.test
     domains: [{DOMAIN}, www.{DOMAIN}]
