@@ -84,7 +84,7 @@ _restore_policy_cmd() {
 
 # The external tools that tests run, as TOOL:DEBIAN_PACKAGE. node, npm and
 # chromium drive the status page test (gateway/tests/status_page.rs).
-TEST_TOOLS=(promtool:prometheus systemd-analyze:systemd curl:curl openssl:openssl node:nodejs npm:npm chromium:chromium)
+TEST_TOOLS=(promtool:prometheus systemd-analyze:systemd curl:curl openssl:openssl node:nodejs npm:npm chromium:chromium pebble:pebble pebble-challtestsrv:pebble)
 
 # The browser test's npm packages (playwright-core, pinned by its lockfile;
 # the browser is Debian's chromium, never one playwright downloads).

@@ -124,9 +124,9 @@ impl Now {
 /// (the usual case), else escaped by serde_json.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     // No early exit: the loop vectorises (the strings are short and clean).
-    let escapes = s
-        .bytes()
-        .fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let escapes = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
     if !escapes {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());

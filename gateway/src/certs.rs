@@ -163,25 +163,27 @@ impl CertStore {
         })
     }
 
-    /// The certificate for `sni`: an exact name, else a wildcard one label up,
-    /// else the first configured pair (clients without SNI, unknown names).
-    pub fn resolve(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+    /// The certificate for `sni`: an exact name, else a wildcard one label up.
+    pub fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let inner = &*self.inner;
-        let found = sni.and_then(|name| {
-            let name = name.trim_end_matches('.');
-            let lower;
-            let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                lower = name.to_ascii_lowercase();
-                lower.as_str()
-            } else {
-                name
-            };
-            inner.exact.get(name).copied().or_else(|| {
-                let (_, parent) = name.split_once('.')?;
-                inner.wildcard.get(parent).copied()
-            })
-        });
-        inner.loaded[found.unwrap_or(0)].key.clone()
+        let name = sni?.trim_end_matches('.');
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        let found = inner.exact.get(name).copied().or_else(|| {
+            let (_, parent) = name.split_once('.')?;
+            inner.wildcard.get(parent).copied()
+        })?;
+        Some(inner.loaded[found].key.clone())
+    }
+
+    /// The first pair: what clients without SNI or with an unknown name get.
+    pub fn fallback(&self) -> Option<Arc<CertifiedKey>> {
+        self.inner.loaded.first().map(|l| l.key.clone())
     }
 
     /// The names of each pair, in configuration order (for `GET /config` and logs).

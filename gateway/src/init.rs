@@ -152,6 +152,12 @@ client:
 #  redirect_http: false
 #  # Strict-Transport-Security on HTTPS responses; absent: none.
 #  hsts: { max_age: 180d, include_subdomains: false }
+#  # Or certificates without a human (ACME http-01; port 80 must reach
+#  # `listen`). Renewed 30 days ahead, swapped in without a restart.
+#  acme:
+#    email: ops@example.com
+#    domains: [example.com, www.example.com]
+#    storage: /var/lib/gateway/acme
 
 # gzip / brotli / zstd for clients that ask (Accept-Encoding, q-values
 # honoured), for text, JSON, JavaScript, XML and SVG bodies of at least

@@ -31,6 +31,7 @@
 //! - [`alloc`]: allocator settings (memory back to the system), heap profiling.
 
 pub(crate) mod access_log;
+pub(crate) mod acme;
 pub(crate) mod adaptive;
 pub(crate) mod admin;
 pub mod alloc;

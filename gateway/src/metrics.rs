@@ -140,6 +140,24 @@ static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static ACME_RENEWALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_acme_renewals_total",
+        "ACME certificate orders, by result (ok, unreachable, rate_limited, validation, storage, refused).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+static CERT_EXPIRY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "gateway_tls_certificate_expiry_seconds",
+        "Seconds until the certificate serving a name expires.",
+        &["name"]
+    )
+    .expect("metric registers once")
+});
+
 static RELOAD_OK: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "gateway_config_last_reload_successful",
@@ -499,6 +517,20 @@ pub fn upstream_error(upstream: &str, kind: &str) {
 /// Publishes the number of open client connections (owned by the server state).
 pub fn publish_connections(open: usize) {
     CONNECTIONS.set(open as i64);
+}
+
+/// One ACME order finished with `result` (`ok` or a failure cause).
+pub fn acme_renewal(result: &str) {
+    ACME_RENEWALS.with_label_values(&[result]).inc();
+}
+
+/// The certificate for `names` has `left` before it expires.
+pub fn tls_certificate_expiry(names: &[String], left: std::time::Duration) {
+    for n in names {
+        CERT_EXPIRY
+            .with_label_values(&[n.as_str()])
+            .set(left.as_secs() as i64);
+    }
 }
 
 /// Counts a reload attempt.

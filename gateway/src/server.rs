@@ -161,9 +161,10 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
     server.bootstrap();
 
+    let challenges = Arc::new(crate::acme::Challenges::default());
     let proxy_app = || {
         let mut app = pingora::proxy::HttpProxy::new(
-            Gateway::new(shared.clone()),
+            Gateway::new(shared.clone(), challenges.clone()),
             server.configuration.clone(),
         );
         app.handle_init_modules();
@@ -201,6 +202,10 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
     server.add_service(pingora::services::background::background_service(
         "health checks",
         HealthChecker::new(shared.clone()),
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "acme",
+        crate::acme::AcmeService::new(shared.clone(), challenges),
     ));
     server
 }

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
+use crate::certs::CertStore;
 use crate::config::{Config, Route};
 use crate::limits::Limiter;
 use crate::metrics::RouteMetrics;
@@ -208,6 +209,8 @@ pub struct Shared {
     /// `gateway_downstream_connections` gauge reports it).
     connections: AtomicUsize,
     reload: Mutex<ReloadStatus>,
+    /// The certificate `tls.acme` obtained, served beside the configured files.
+    acme_certificates: ArcSwapOption<CertStore>,
 }
 
 impl Shared {
@@ -220,6 +223,7 @@ impl Shared {
             closing: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             reload: Mutex::default(),
+            acme_certificates: ArcSwapOption::empty(),
         })
     }
 
@@ -281,6 +285,16 @@ impl Shared {
     /// Client connections open now.
     pub fn open_connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// The ACME certificate in use, if one was obtained or loaded.
+    pub fn acme_certificates(&self) -> Option<Arc<CertStore>> {
+        self.acme_certificates.load_full()
+    }
+
+    /// Serves `certs` for their names from the next handshake on.
+    pub fn set_acme_certificates(&self, certs: CertStore) {
+        self.acme_certificates.store(Some(Arc::new(certs)));
     }
 
     /// The last reload's outcome.

@@ -35,8 +35,15 @@ impl std::fmt::Debug for SnapshotResolver {
 impl ResolvesServerCert for SnapshotResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let snap = self.shared.snapshot();
-        let tls = snap.config.tls.as_ref()?;
-        Some(tls.certificates.resolve(hello.server_name()))
+        let files = &snap.config.tls.as_ref()?.certificates;
+        let acme = self.shared.acme_certificates();
+        let sni = hello.server_name();
+        // Names first (files, then ACME), then the first file, then ACME's.
+        files
+            .find(sni)
+            .or_else(|| acme.as_ref()?.find(sni))
+            .or_else(|| files.fallback())
+            .or_else(|| acme?.fallback())
     }
 }
 

@@ -115,6 +115,9 @@ pub struct RawTls {
     pub redirect_http: bool,
     /// `Strict-Transport-Security` on HTTPS responses; absent = none.
     pub hsts: Option<RawHsts>,
+    /// Certificates obtained and renewed from an ACME CA (RFC 8555), beside
+    /// `certificates`; absent = none.
+    pub acme: Option<RawAcme>,
 }
 
 impl Default for RawTls {
@@ -126,6 +129,7 @@ impl Default for RawTls {
             handshake_timeout: Duration::from_secs(10),
             redirect_http: false,
             hsts: None,
+            acme: None,
         }
     }
 }
@@ -873,5 +877,40 @@ mod tests {
         assert_eq!(p("1 KB").unwrap(), Size(1000));
         assert_eq!(Size::try_from(SizeRepr::Bytes(7)).unwrap(), Size(7));
         assert!(p("10 zb").unwrap_err().contains("invalid size"));
+    }
+}
+
+/// The Let's Encrypt production directory, `tls.acme.directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `tls.acme:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAcme {
+    /// Contact address given to the CA (expiry notices).
+    pub email: String,
+    /// The names of the one certificate ordered (http-01: no wildcards).
+    pub domains: Vec<String>,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Trust roots for the directory's own TLS (a private CA, tests); absent = the web PKI.
+    pub directory_ca: Option<String>,
+    /// Account key and certificates (created 0700, files 0600).
+    pub storage: String,
+    /// Renew when less than this is left.
+    #[serde(with = "humantime_serde")]
+    pub renew_before: Duration,
+}
+
+impl Default for RawAcme {
+    fn default() -> Self {
+        Self {
+            email: String::new(),
+            domains: Vec::new(),
+            directory: LETS_ENCRYPT.into(),
+            directory_ca: None,
+            storage: "/var/lib/gateway/acme".into(),
+            renew_before: Duration::from_secs(30 * 86_400),
+        }
     }
 }

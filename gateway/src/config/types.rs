@@ -57,6 +57,23 @@ pub struct Config {
     pub source: RawConfig,
 }
 
+/// `tls.acme:` checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    /// Contact address (without `mailto:`).
+    pub email: String,
+    /// Lower-case DNS names, the first naming the stored files.
+    pub domains: Vec<String>,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Trust roots for the directory's TLS.
+    pub directory_ca: Option<PathBuf>,
+    /// Account key and certificates.
+    pub storage: PathBuf,
+    /// Renew when less than this is left.
+    pub renew_before: Duration,
+}
+
 /// `shutdown:` with whole-second durations where Pingora counts seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shutdown {
@@ -122,6 +139,8 @@ pub struct Tls {
     pub hsts: Option<http::HeaderValue>,
     /// Port of the first HTTPS listener (the redirect target's port).
     pub https_port: u16,
+    /// Automatic certificates, if configured.
+    pub acme: Option<Acme>,
 }
 
 /// `admin:`

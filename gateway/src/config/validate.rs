@@ -328,6 +328,73 @@ fn compression(c: &mut Checker, rc: &raw::RawCompression) -> Compression {
     }
 }
 
+/// `tls.acme:`; `None` after a problem (recorded in `c`).
+fn acme(c: &mut Checker, a: &raw::RawAcme, world: &dyn Resolve) -> Option<Acme> {
+    let before = c.problems.len();
+    let email = a.email.trim();
+    if email.is_empty() || !email.contains('@') || email.contains(char::is_whitespace) {
+        c.fail(
+            "tls.acme.email",
+            "must be an e-mail address (the CA's expiry notices)",
+        );
+    }
+    if a.domains.is_empty() {
+        c.fail("tls.acme.domains", "must name at least one domain");
+    }
+    let mut domains = Vec::new();
+    for d in &a.domains {
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        if d.starts_with("*.") {
+            c.fail(
+                "tls.acme.domains",
+                format!("{d}: a wildcard name needs a dns-01 challenge; the gateway answers http-01 only"),
+            );
+        } else if d.parse::<IpAddr>().is_ok() || !is_dns_name(&d) {
+            c.fail("tls.acme.domains", format!("{d:?} is not a DNS name"));
+        } else if !domains.contains(&d) {
+            domains.push(d);
+        }
+    }
+    if !a.directory.starts_with("https://") && !a.directory.starts_with("http://") {
+        c.fail(
+            "tls.acme.directory",
+            "must be an http(s) URL of an ACME directory",
+        );
+    }
+    let directory_ca = a.directory_ca.as_ref().map(PathBuf::from);
+    if let Some(ca) = &directory_ca {
+        if let Err(e) = world.read_file(&ca.to_string_lossy()) {
+            c.fail("tls.acme.directory_ca", format!("{}: {e}", ca.display()));
+        }
+    }
+    let storage = PathBuf::from(&a.storage);
+    if !storage.is_absolute() {
+        c.fail("tls.acme.storage", "must be an absolute path");
+    }
+    let renew_before = c.positive("tls.acme.renew_before", a.renew_before);
+    (c.problems.len() == before).then(|| Acme {
+        email: email.to_owned(),
+        domains,
+        directory: a.directory.clone(),
+        directory_ca,
+        storage,
+        renew_before,
+    })
+}
+
+/// Letters, digits and hyphens in dot-separated labels of 1..=63, 253 at most.
+fn is_dns_name(d: &str) -> bool {
+    d.len() <= 253
+        && d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// `tls:`: listeners, certificates (read and parsed here, so that a broken
 /// file refuses the configuration), version and HSTS.
 fn tls(
@@ -350,8 +417,11 @@ fn tls(
             addrs.push(a);
         }
     }
-    if t.certificates.is_empty() {
-        c.fail("tls.certificates", "needs at least one {cert, key} pair");
+    if t.certificates.is_empty() && t.acme.is_none() {
+        c.fail(
+            "tls.certificates",
+            "needs at least one {cert, key} pair (or tls.acme)",
+        );
     }
     let mut files = Vec::with_capacity(t.certificates.len());
     for (i, pair) in t.certificates.iter().enumerate() {
@@ -380,7 +450,7 @@ fn tls(
             key_pem: key,
         })
         .collect();
-    let store = if files.len() == t.certificates.len() && !files.is_empty() {
+    let store = if files.len() == t.certificates.len() {
         match crate::certs::CertStore::load(&pems) {
             Ok(s) => Some(s),
             Err(errors) => {
@@ -416,6 +486,10 @@ fn tls(
         }
         http::HeaderValue::from_str(&v).ok()
     });
+    let acme = match &t.acme {
+        Some(a) => Some(acme(c, a, world)?),
+        None => None,
+    };
     Some(Tls {
         https_port: addrs.first().map_or(443, |a| a.port()),
         listen: addrs,
@@ -424,6 +498,7 @@ fn tls(
         handshake_timeout,
         redirect_http: t.redirect_http,
         hsts,
+        acme,
     })
 }
 
@@ -896,5 +971,52 @@ routes: [ { name: a, match: { path_prefix: / }, upstream: app } ]
         .unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["admin.token_file", "upstreams.app.servers[0]"]);
+    }
+
+    #[test]
+    fn acme_names_the_key_of_each_problem_and_needs_no_certificate_files() {
+        let base = r#"
+upstreams: { app: { servers: ["app.internal:5000"] } }
+routes: [ { name: a, match: { path_prefix: / }, upstream: app } ]
+tls:
+  listen: ["127.0.0.1:8443"]
+  acme:
+"#;
+        let c = check(&format!(
+            "{base}    email: ops@example.com\n    domains: [Example.COM., www.example.com, example.com]\n"
+        ))
+        .unwrap();
+        let acme = c.tls.unwrap().acme.unwrap();
+        assert_eq!(
+            acme.domains,
+            ["example.com", "www.example.com"],
+            "lower case, once each"
+        );
+        assert_eq!(acme.directory, raw::LETS_ENCRYPT);
+        assert_eq!(acme.renew_before, Duration::from_secs(30 * 86_400));
+        let problems = check(&format!(
+            "{base}    email: nobody\n    domains: [\"*.example.com\", 10.0.0.1, \"bad_name.example\"]\n    \
+             storage: relative/dir\n    directory_ca: /nowhere/ca.pem\n    directory: ftp://x\n    renew_before: 0s\n"
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tls.acme.email",
+                "tls.acme.domains",
+                "tls.acme.domains",
+                "tls.acme.domains",
+                "tls.acme.directory",
+                "tls.acme.directory_ca",
+                "tls.acme.storage",
+                "tls.acme.renew_before"
+            ]
+        );
+        assert!(
+            problems[1].message.contains("dns-01"),
+            "{}",
+            problems[1].message
+        );
     }
 }

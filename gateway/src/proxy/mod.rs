@@ -23,6 +23,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::acme::Challenges;
 use crate::error::GatewayError;
 use crate::forwarded::Client;
 use crate::state::{Shared, Snapshot};
@@ -30,12 +31,15 @@ use crate::state::{Shared, Snapshot};
 /// The proxy service's logic, shared by every connection.
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// http-01 challenges in progress, answered before routing.
+    challenges: Arc<Challenges>,
 }
 
 impl Gateway {
-    /// A proxy that reads its configuration from `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    /// A proxy that reads its configuration from `shared` and answers the
+    /// ACME challenges in `challenges`.
+    pub fn new(shared: Arc<Shared>, challenges: Arc<Challenges>) -> Self {
+        Self { shared, challenges }
     }
 }
 
@@ -156,7 +160,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if request::readiness(&self.shared, session, ctx).await? {
+        if request::readiness(&self.shared, session, ctx).await?
+            || request::acme_challenge(&self.challenges, session, ctx).await?
+        {
             return Ok(true);
         }
         request::filter(session, ctx).await

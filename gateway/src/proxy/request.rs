@@ -5,6 +5,7 @@ use http::header;
 use pingora::prelude::*;
 
 use super::{response, Ctx};
+use crate::acme::Challenges;
 use crate::error::GatewayError;
 use crate::forwarded::Client;
 use crate::request_id;
@@ -79,6 +80,40 @@ pub(super) async fn readiness(
     if !head_only {
         session
             .write_response_body(Some(Bytes::from_static(body)), true)
+            .await?;
+    }
+    Ok(true)
+}
+
+/// `GET /.well-known/acme-challenge/<token>` of a challenge in progress: the
+/// key authorization (RFC 8555 §8.3), before routing, never cached. Other
+/// paths under the prefix go to the routes (an app may run its own ACME
+/// client). Returns `Ok(true)` when it answered.
+pub(super) async fn acme_challenge(
+    challenges: &Challenges,
+    session: &mut Session,
+    ctx: &mut Ctx,
+) -> Result<bool> {
+    let req = session.req_header();
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return Ok(false);
+    }
+    let Some(answer) = challenges.answer(req.uri.path()) else {
+        return Ok(false);
+    };
+    ctx.probe = true;
+    let head_only = req.method == http::Method::HEAD;
+    let mut header = pingora::http::ResponseHeader::build(200, Some(4))?;
+    header.insert_header(header::CONTENT_TYPE, "application/octet-stream")?;
+    header.insert_header(header::CONTENT_LENGTH, answer.len())?;
+    header.insert_header(header::CACHE_CONTROL, "no-store")?;
+    header.insert_header(crate::request_id::HEADER, ctx.request_id())?;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from(answer)), true)
             .await?;
     }
     Ok(true)
@@ -165,9 +200,6 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
     Ok(false)
 }
 
-/// ACME HTTP-01 challenges must stay reachable over plain HTTP.
-const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
-
 /// `tls.redirect_http`: a plain-HTTP request gets `308` to the same URL on
 /// HTTPS (the port of `tls.listen[0]`, left out when 443). ACME challenges are
 /// exempt (the readiness path is answered before this). A request without a
@@ -181,7 +213,7 @@ async fn redirect_to_https(
         return Ok(false);
     };
     let req = session.req_header();
-    if ctx.tls || req.uri.path().starts_with(ACME_CHALLENGE) {
+    if ctx.tls || req.uri.path().starts_with(crate::acme::CHALLENGE_PREFIX) {
         return Ok(false);
     }
     let host = req
