@@ -7,6 +7,13 @@
 # ratio on/off.
 #
 #   loadtests/accesslog.sh              # RUNS=5 DURATION=8s
+#   MODE=callgrind loadtests/accesslog.sh   # instructions per request instead
+#
+# MODE=callgrind counts the instructions each gateway spends per cache hit
+# (valgrind's callgrind, REQUESTS=5000 sequential keep-alive requests after a
+# warm-up, writer thread included): unlike requests/s it does not depend on
+# what else the machine is doing. It leaves out the kernel's share (the
+# writer's write(2) calls).
 #
 # Installs wrk and nginx-light with apt-get when missing (as root).
 set -euo pipefail
@@ -14,6 +21,8 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 RUNS=${RUNS:-5}
+MODE=${MODE:-wrk}
+REQUESTS=${REQUESTS:-5000}
 DURATION=${DURATION:-8s}
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -45,7 +54,7 @@ http { access_log off; client_body_temp_path $dir/origin; proxy_temp_path $dir/o
 CONF
 taskset -c 1 "$NGINX" -p "$dir/origin" -c "$dir/origin/nginx.conf" -g 'daemon off;' & pids+=($!)
 
-declare -A PORT
+declare -A PORT CG
 for mode in on off; do
   port=$(pick); admin=$(pick); PORT[$mode]=$port
   if [ "$mode" = on ]; then log="{ enabled: true, path: $dir/access.log }"; else log="{ enabled: false }"; fi
@@ -59,11 +68,55 @@ access_log: $log
 upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 routes: [{ name: all, match: { path_prefix: / }, upstream: origin, cache: { enabled: true } }]
 YAML
-  RUST_LOG=error taskset -c 0 target/release/gateway -c "$dir/$mode.yaml" 2>"$dir/$mode.log" & pids+=($!)
-  wait_http "http://127.0.0.1:$admin/ready" 20 || die "gateway ($mode) did not come up"
+  if [ "$MODE" = callgrind ]; then
+    command -v valgrind >/dev/null || die "missing: valgrind (apt-get install valgrind)"
+    RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$dir/cg-$mode.out" \
+      target/release/gateway -c "$dir/$mode.yaml" 2>"$dir/$mode.log" & pids+=($!)
+    CG[$mode]=$!
+  else
+    RUST_LOG=error taskset -c 0 target/release/gateway -c "$dir/$mode.yaml" 2>"$dir/$mode.log" & pids+=($!)
+  fi
+  wait_http "http://127.0.0.1:$admin/ready" 60 || die "gateway ($mode) did not come up"
   curl -fsS -o /dev/null "http://127.0.0.1:$port/1k"
   curl -fsS -D - -o /dev/null "http://127.0.0.1:$port/1k" | grep -qi '^x-cache: HIT' || die "gateway ($mode) does not hit"
 done
+
+if [ "$MODE" = callgrind ]; then
+  # One keep-alive connection, one request at a time, every answer read whole.
+  client() {
+    python3 - "$1" "$REQUESTS" <<'PY'
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+buf = b""
+for _ in range(n):
+    s.sendall(b"GET /1k HTTP/1.1\r\nHost: x\r\n\r\n")
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(buf) < length:
+        buf += s.recv(65536)
+    buf = buf[length:]
+PY
+  }
+  declare -A IR
+  for mode in on off; do
+    client "${PORT[$mode]}"                      # warm-up
+    callgrind_control -z "${CG[$mode]}" >/dev/null 2>&1
+    client "${PORT[$mode]}"
+    callgrind_control -d "${CG[$mode]}" >/dev/null 2>&1
+    IR[$mode]=$(awk '/^summary:/ {print $2}' "$dir/cg-$mode.out.1")
+  done
+  echo
+  echo "1 KiB cache hits, instructions per request (callgrind, $REQUESTS requests, writer thread included)"
+  echo "| access log | instructions/request |"
+  echo "|------------|----------------------|"
+  echo "| to a file  | $((IR[on] / REQUESTS)) |"
+  echo "| off        | $((IR[off] / REQUESTS)) |"
+  awk -v on="${IR[on]}" -v off="${IR[off]}" 'BEGIN { printf "log on / log off = %.3f (cost %.1f %%)\n", on / off, 100 * (on / off - 1) }'
+  exit 0
+fi
 
 declare -A RATES=([on]="" [off]="")
 for i in $(seq "$RUNS"); do
