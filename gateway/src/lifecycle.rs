@@ -140,6 +140,8 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<String> {
         "cache.max_size" => cache.max_size;
         "cache.max_object_size" => cache.max_object_size;
         "access_log.path" => access_log.target;
+        "shared.redis" => redis;
+        "cache.shared" => cache.shared;
     }
     pending
 }

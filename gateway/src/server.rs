@@ -94,6 +94,8 @@ pub fn main(cli: Cli) -> ExitCode {
         config.cache.max_object_size,
         config.cache.lock_timeout,
     );
+    crate::shared::configure(config.redis.as_ref());
+    crate::cache::shared::configure(config.cache.shared.as_ref());
     // The access-log writer runs from the start (a reload may turn the log on).
     crate::access_log::start(&config.access_log.target);
     let pid_file = PidFile::new(&config.pid_file);
@@ -164,7 +166,46 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
         "health checks",
         HealthChecker::new(shared.clone()),
     ));
+    if crate::shared::configured() {
+        server.add_service(pingora::services::background::background_service(
+            "shared redis",
+            SharedChannel {
+                shared: shared.clone(),
+            },
+        ));
+    }
     server
+}
+
+/// Background service of the shared Redis: the purge channel (other
+/// instances' purges applied to this memory; after the channel was down,
+/// memory entries are dropped, as purges may have been missed meanwhile).
+pub struct SharedChannel {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for SharedChannel {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let Some(redis) = crate::shared::get() else {
+            return;
+        };
+        let on_message = |payload: &[u8]| {
+            crate::cache::purge::apply_remote(payload, &self.shared.snapshot());
+        };
+        let on_resync = || {
+            if let Some(store) = crate::cache::store() {
+                let n = store.purge_where(false, |_, _| true);
+                if n > 0 {
+                    tracing::warn!(
+                        dropped = n,
+                        "shared redis: purge channel back; memory entries stored before dropped"
+                    );
+                }
+            }
+        };
+        redis.listen(on_message, on_resync, shutdown).await;
+    }
 }
 
 /// Pingora's process settings from ours.

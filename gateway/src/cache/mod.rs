@@ -1,12 +1,13 @@
 //! The response cache: storage ([`storage`]), what is stored and under which
 //! key ([`policy`]), the client's directives ([`request`]) and purges
-//! ([`purge`]). The outcome reported to clients and metrics is
+//! ([`purge`]), and the second tier in Redis ([`shared`]). The outcome reported to clients and metrics is
 //! [`crate::outcome::CacheOutcome`], a vocabulary of its own so that the
 //! metrics sit below the cache.
 
 pub mod policy;
 pub mod purge;
 pub mod request;
+pub mod shared;
 pub mod storage;
 
 use std::sync::OnceLock;

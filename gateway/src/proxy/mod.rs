@@ -92,6 +92,8 @@ pub struct CacheCtx {
     by_request: bool,
     /// A bypass condition of the rule held.
     bypassed: bool,
+    /// The hit came from the shared tier (memory had missed).
+    shared_hit: bool,
 }
 
 impl Ctx {
@@ -192,11 +194,11 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         meta: &CacheMeta,
-        _hit_handler: &mut HitHandler,
+        hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(cache::on_hit(session, meta, is_fresh, ctx))
+        Ok(cache::on_hit(session, meta, hit_handler, is_fresh, ctx))
     }
 
     /// Stale-while-revalidate (no error: Pingora has already checked the entry's
