@@ -516,3 +516,52 @@ async fn a_paused_redis_still_answers() {
     a.wait_metrics(&["gateway_shared_redis_calls_total{op=\"lookup\",result=\"timeout\"}"])
         .await;
 }
+
+#[tokio::test]
+async fn an_unsafe_method_and_a_soft_purge_reach_every_instance() {
+    if !require_tool("redis-server") {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let origin = Origin::start("o").await;
+    let conf = config(&origin, &redis, "");
+    let a = Gateway::start(&conf).await;
+    let b = Gateway::start(&conf).await;
+    wait_shared_state(&a, "closed", "up").await;
+    wait_shared_state(&b, "closed", "up").await;
+    let inv = "/resp/inv?h=Cache-Control:max-age%3D60";
+    let soft = "/resp/soft/1?h=Cache-Control:max-age%3D60";
+    get(&a, inv).await;
+    get(&a, soft).await;
+    wait_stored(&a, 2).await;
+    let (_, h) = get(&b, inv).await;
+    assert!(cache_status(&h).contains("detail=shared"), "{h:?}");
+
+    // A POST through B invalidates the URL on A (memory) and in Redis.
+    let r = client()
+        .post(b.url(inv))
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    a.wait_metrics(&["gateway_shared_purges_received_total 1"])
+        .await;
+    let (_, h) = get(&a, inv).await;
+    assert!(cache_status(&h).contains("fwd=uri-miss"), "A after the POST: {h:?}");
+
+    // A soft purge of a prefix: a fresh instance finds Redis's copy stale
+    // (it revalidates instead of serving it as fresh).
+    let r = client()
+        .post(a.admin_url("/cache/purge"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "prefix": "/resp/soft/", "soft": true }))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["shared"], true, "{body}");
+    let c = Gateway::start(&conf).await;
+    let (_, h) = get(&c, soft).await;
+    assert!(cache_status(&h).contains("fwd=stale"), "{h:?}");
+}
