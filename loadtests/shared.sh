@@ -36,6 +36,7 @@ trap cleanup EXIT
 
 ORIGIN=$(pick)
 python3 loadtests/shared_origin.py "$ORIGIN" & pids+=($!)
+wait_http "http://127.0.0.1:$ORIGIN/__count" 10 || die "the origin did not start"
 
 REDIS=""; redis_pid=""
 start_redis() {

@@ -137,16 +137,10 @@ impl RateLimiter {
         let per_ms = 1e6 / self.interval as f64;
         let bucket = redis.key(&format!("rl:{}:{}", self.route, client_id(client)));
         let cap = self.settings.burst;
+        let mut inv = LEASE.key(bucket);
+        inv.arg(cap).arg(per_ms).arg(batch);
         let answer = redis
-            .run("lease", |mut c| async move {
-                LEASE
-                    .key(bucket)
-                    .arg(cap)
-                    .arg(per_ms)
-                    .arg(batch)
-                    .invoke_async::<(u32, u64)>(&mut c)
-                    .await
-            })
+            .run::<(u32, u64)>("lease", crate::shared::Request::Script(&inv))
             .await;
         match answer {
             Some((got, _)) if got > 0 => {

@@ -21,7 +21,6 @@
 //! that read an entry and its generations together stay in one slot when
 //! Redis Cluster support comes.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -29,7 +28,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use pingora::server::ShutdownWatch;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
+use redis::{
+    AsyncConnectionConfig, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult,
+};
 
 use crate::breaker::CircuitBreaker;
 use crate::config;
@@ -69,6 +70,17 @@ impl bb8::ManageConnection for Manager {
     fn has_broken(&self, conn: &mut Conn) -> bool {
         conn.broken
     }
+}
+
+/// One request to Redis (run again on another connection if the first is dead).
+#[derive(Clone, Copy)]
+pub enum Request<'a> {
+    /// A command.
+    Cmd(&'a redis::Cmd),
+    /// A pipeline.
+    Pipe(&'a redis::Pipeline),
+    /// A Lua script with its keys and arguments (EVALSHA, loaded on NOSCRIPT).
+    Script(&'a redis::ScriptInvocation<'a>),
 }
 
 /// The process's shared Redis.
@@ -184,30 +196,47 @@ impl Redis {
         self.timeout
     }
 
-    /// Runs `f` on a pooled connection within `timeout`, through the breaker;
-    /// `None` when it was skipped (breaker open), failed or came too late.
-    /// `op` labels the metric.
-    pub async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Option<T>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
-    {
+    /// Runs `req` on a pooled connection within `timeout`, through the
+    /// breaker; `None` when it was skipped (breaker open), failed or came too
+    /// late. `op` labels the metric. A connection that fails on I/O is
+    /// dropped and the request tried on another one, within the same
+    /// deadline: after Redis restarts, every idle connection of the pool is
+    /// dead, and each would otherwise cost the breaker a failed probe.
+    pub async fn run<T: FromRedisValue>(&self, op: &'static str, req: Request<'_>) -> Option<T> {
         if !self.breaker.allows(Instant::now()) {
             metrics::shared_call(op, "skipped");
             return None;
         }
         let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| match e {
-                bb8::RunError::User(e) => e,
-                bb8::RunError::TimedOut => RedisError::from((ErrorKind::IoError, "pool timeout")),
-            })?;
-            let result = f(conn.inner.clone()).await;
-            if let Err(e) = &result {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                    conn.broken = true;
+            let mut attempts = self.pool.state().connections + 1;
+            loop {
+                let mut conn = self.pool.get().await.map_err(|e| match e {
+                    bb8::RunError::User(e) => e,
+                    bb8::RunError::TimedOut => {
+                        RedisError::from((ErrorKind::IoError, "pool checkout timed out"))
+                    }
+                })?;
+                let c = &mut conn.inner;
+                let result = match req {
+                    Request::Cmd(cmd) => cmd.query_async(c).await,
+                    Request::Pipe(pipe) => pipe.query_async(c).await,
+                    Request::Script(inv) => inv.invoke_async(c).await,
+                };
+                match result {
+                    Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                        conn.broken = true;
+                        attempts -= 1;
+                        if attempts == 0 {
+                            return Err(e);
+                        }
+                    }
+                    Err(e) if e.is_unrecoverable_error() => {
+                        conn.broken = true;
+                        return Err(e);
+                    }
+                    other => return other,
                 }
             }
-            result
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(v)) => {
@@ -240,16 +269,11 @@ impl Redis {
 
     /// `PUBLISH` on the purge channel, with this instance's id.
     pub async fn publish(&self, payload: String) -> bool {
-        let channel = self.key("purge");
-        self.run("publish", |mut c| async move {
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(payload)
-                .query_async::<i64>(&mut c)
-                .await
-        })
-        .await
-        .is_some()
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.key("purge")).arg(payload);
+        self.run::<i64>("publish", Request::Cmd(&cmd))
+            .await
+            .is_some()
     }
 
     /// Breaker state: `closed`, `open` or `half_open`.

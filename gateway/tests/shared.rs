@@ -548,7 +548,10 @@ async fn an_unsafe_method_and_a_soft_purge_reach_every_instance() {
     a.wait_metrics(&["gateway_shared_purges_received_total 1"])
         .await;
     let (_, h) = get(&a, inv).await;
-    assert!(cache_status(&h).contains("fwd=uri-miss"), "A after the POST: {h:?}");
+    assert!(
+        cache_status(&h).contains("fwd=uri-miss"),
+        "A after the POST: {h:?}"
+    );
 
     // A soft purge of a prefix: a fresh instance finds Redis's copy stale
     // (it revalidates instead of serving it as fresh).

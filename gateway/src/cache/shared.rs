@@ -32,7 +32,7 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::CacheMeta;
 
 use crate::metrics;
-use crate::shared::{self, hex, Redis};
+use crate::shared::{self, hex, Redis, Request};
 
 /// Encoding version of a stored entry.
 pub const VERSION: u8 = 1;
@@ -121,15 +121,9 @@ return 1
 pub async fn lookup(redis: &Redis, key: &HashBinary) -> Option<Found> {
     let entry = redis.key(&format!("e:{}", hex(key)));
     let prefix = redis.prefix().to_owned();
-    let reply: Option<Vec<Vec<u8>>> = redis
-        .run("lookup", |mut c| async move {
-            LOOKUP
-                .key(entry)
-                .arg(prefix)
-                .invoke_async::<Option<Vec<Vec<u8>>>>(&mut c)
-                .await
-        })
-        .await?;
+    let mut inv = LOOKUP.key(entry);
+    inv.arg(prefix);
+    let reply: Option<Vec<Vec<u8>>> = redis.run("lookup", Request::Script(&inv)).await?;
     let Some(mut parts) = reply else {
         metrics::shared_lookup("miss");
         return None;
@@ -185,16 +179,12 @@ pub fn write_behind(
         return;
     };
     rt.spawn(async move {
-        redis
-            .run("store", |mut c| async move {
-                let mut inv = STORE.key(entry);
-                inv.arg(prefix).arg(data).arg(ttl.as_millis() as u64);
-                for s in &selectors {
-                    inv.arg(s.as_str());
-                }
-                inv.invoke_async::<i64>(&mut c).await
-            })
-            .await;
+        let mut inv = STORE.key(entry);
+        inv.arg(prefix).arg(data).arg(ttl.as_millis() as u64);
+        for s in &selectors {
+            inv.arg(s.as_str());
+        }
+        redis.run::<i64>("store", Request::Script(&inv)).await;
     });
 }
 
@@ -211,9 +201,7 @@ pub async fn bump(redis: &Redis, selectors: &[String], soft: bool) -> bool {
             .ignore();
     }
     redis
-        .run("purge", |mut c| async move {
-            pipe.query_async::<()>(&mut c).await
-        })
+        .run::<()>("purge", Request::Pipe(&pipe))
         .await
         .is_some()
 }
