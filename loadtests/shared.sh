@@ -149,7 +149,17 @@ say "3. Redis killed under load (12 s on both gateways; killed at 3 s, back at 7
 read -r total errors < <(load_both 12s)
 wait $chaos || true
 echo "requests: $total, lost (non-2xx + socket errors): $errors"
-curl -fsS -H "Authorization: Bearer 0123456789abcdef0123" "http://127.0.0.1:$A_ADMIN/stats" \
-  | python3 -c 'import json,sys; print("A after the outage:", json.load(sys.stdin).get("shared_redis"))'
+state() {
+  curl -fsS -H "Authorization: Bearer 0123456789abcdef0123" "http://127.0.0.1:$1/stats" \
+    | python3 -c 'import json,sys; s=json.load(sys.stdin)["shared_redis"]; print(s["state"], s["channel"])'
+}
+echo "at the end of the load: A $(state "$A_ADMIN"), B $(state "$B_ADMIN") (breaker, channel)"
+# A breaker closes on its next successful call: send a request now and then.
+t0=$SECONDS
+for i in $(seq 100); do
+  [ "$(state "$A_ADMIN")" = "closed up" ] && break
+  curl -fsS -o /dev/null -H "Host: shop.example" "http://127.0.0.1:$A_PORT/probe/$i"; sleep 0.1
+done
+echo "A's tier, $((SECONDS - t0)) s after the load: $(state "$A_ADMIN")"
 curl -fsS "http://127.0.0.1:$A_ADMIN/metrics" | grep -E '^gateway_shared_redis_calls_total' | sed 's/^/  /'
 stop_gateways
