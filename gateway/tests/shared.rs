@@ -289,6 +289,8 @@ async fn a_miss_on_one_instance_is_a_shared_hit_on_another_and_a_restart_starts_
     let conf = config(&origin, &redis, "");
     let a = Gateway::start(&conf).await;
     let b = Gateway::start(&conf).await;
+    // Subscribing drops memory (purges may have been missed before): wait for it.
+    wait_shared_state(&b, "closed", "up").await;
     let path = "/resp/one?size=300&h=Cache-Control:max-age%3D60";
 
     let (s, h) = get(&a, path).await;
@@ -313,6 +315,7 @@ async fn a_miss_on_one_instance_is_a_shared_hit_on_another_and_a_restart_starts_
     // A restart (a new process: empty memory) answers its first request from Redis.
     drop(b);
     let c = Gateway::start(&conf).await;
+    wait_shared_state(&c, "closed", "up").await;
     let (s, h) = get(&c, path).await;
     assert_eq!(s, 200);
     assert!(cache_status(&h).contains("hit") && cache_status(&h).contains("detail=shared"));
@@ -345,6 +348,7 @@ async fn tls_and_a_password_as_elasticache_needs() {
     assert!(conf.contains("rediss://"));
     let a = Gateway::start(&conf).await;
     let b = Gateway::start(&conf).await;
+    wait_shared_state(&b, "closed", "up").await;
     let path = "/resp/tls?h=Cache-Control:max-age%3D60";
     let (_, h) = get(&a, path).await;
     assert!(cache_status(&h).contains("fwd=uri-miss"), "{h:?}");
@@ -352,7 +356,6 @@ async fn tls_and_a_password_as_elasticache_needs() {
     let (_, h) = get(&b, path).await;
     assert!(cache_status(&h).contains("detail=shared"), "{h:?}");
     assert_eq!(origin.hits(), 1);
-    wait_shared_state(&b, "closed", "up").await;
 }
 
 #[tokio::test]
@@ -403,6 +406,7 @@ async fn a_purge_by_tag_on_one_instance_is_a_miss_on_every_instance() {
     assert!(cache_status(&h).contains("fwd=uri-miss"), "A: {h:?}");
     // A third instance, empty memory: Redis's copy of a purged URL is gone too.
     let c = Gateway::start(&conf).await;
+    wait_shared_state(&c, "closed", "up").await;
     wait_stored(&b, 1).await;
     let (_, h) = get(&c, untagged).await;
     assert!(
@@ -474,6 +478,7 @@ async fn redis_killed_under_load_loses_no_request_and_the_tier_comes_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let b = Gateway::start(&conf).await;
+    wait_shared_state(&b, "closed", "up").await;
     let (_, h) = get(&b, "/after/restart").await;
     assert!(cache_status(&h).contains("detail=shared"), "{h:?}");
 }
@@ -565,6 +570,7 @@ async fn an_unsafe_method_and_a_soft_purge_reach_every_instance() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["shared"], true, "{body}");
     let c = Gateway::start(&conf).await;
+    wait_shared_state(&c, "closed", "up").await;
     let (_, h) = get(&c, soft).await;
     assert!(cache_status(&h).contains("fwd=stale"), "{h:?}");
 }
