@@ -12,7 +12,8 @@
 //! atomic script and spends them locally; leased tokens it has not spent
 //! expire after the time the bucket takes to refill them. When Redis does not
 //! answer within `shared.redis.timeout` (or its breaker is open), the local
-//! limiter decides. Worst case across N instances, while Redis answers: the
+//! limiter decides. A client Redis refused is refused locally until its
+//! bucket has a token again (no round trip per refused request). Worst case across N instances, while Redis answers: the
 //! bucket's own limit (burst, then the rate) plus up to N × (batch − 1)
 //! tokens leased before and spent after a window starts; while it does not,
 //! each instance limits alone (N × the rate).
@@ -64,6 +65,8 @@ struct Lease {
     tokens: u32,
     /// When the unspent tokens expire ([`clock::nanos`]).
     expires: u64,
+    /// Redis said the bucket is empty until then: refused here without asking.
+    blocked_until: u64,
 }
 
 /// One route's limiter; owned by the route's runtime state and kept across
@@ -132,6 +135,11 @@ impl RateLimiter {
                 l.tokens -= 1;
                 return Ok(());
             }
+            if t < l.blocked_until {
+                return Err(Limited {
+                    retry_after: Duration::from_nanos(l.blocked_until - t),
+                });
+            }
         }
         let batch = lease_size(self.settings.burst);
         let per_ms = 1e6 / self.interval as f64;
@@ -151,9 +159,13 @@ impl RateLimiter {
                 }
                 Ok(())
             }
-            Some((_, wait_ms)) => Err(Limited {
-                retry_after: Duration::from_millis(wait_ms.max(1)),
-            }),
+            Some((_, wait_ms)) => {
+                let retry_after = Duration::from_millis(wait_ms.max(1));
+                if let Ok(mut l) = lease.lock() {
+                    l.blocked_until = t + retry_after.as_nanos() as u64;
+                }
+                Err(Limited { retry_after })
+            }
             None => self.check(client, now),
         }
     }

@@ -504,7 +504,7 @@ async fn a_paused_redis_still_answers() {
     let a = Gateway::start(&conf).await;
     wait_shared_state(&a, "closed", "up").await;
     let _: String = redis
-        .cmd(redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("ALL"))
+        .cmd(redis::cmd("CLIENT").arg("PAUSE").arg(10_000).arg("ALL"))
         .await
         .unwrap();
     // Misses wait for Redis at most `timeout`, then go to the origin.
