@@ -799,12 +799,15 @@ pub fn shared_purge_received() {
     SHARED_PURGES_APPLIED.inc();
 }
 
-/// Publishes the shared Redis breaker state and the channel state.
-pub fn publish_shared(state: &str, channel_up: bool) {
+/// Publishes the shared Redis breaker state and the channel state (`None`:
+/// no channel, the cache tier is off).
+pub fn publish_shared(state: &str, channel_up: Option<bool>) {
     for st in ["closed", "open", "half_open"] {
         SHARED_STATE
             .with_label_values(&[st])
             .set(i64::from(st == state));
     }
-    SHARED_CHANNEL_UP.set(i64::from(channel_up));
+    if let Some(up) = channel_up {
+        SHARED_CHANNEL_UP.set(i64::from(up));
+    }
 }

@@ -166,7 +166,8 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
         "health checks",
         HealthChecker::new(shared.clone()),
     ));
-    if crate::shared::configured() {
+    // Purges travel on the channel only with the cache tier on.
+    if crate::shared::configured() && config.cache.shared.is_some() {
         server.add_service(pingora::services::background::background_service(
             "shared redis",
             SharedChannel {

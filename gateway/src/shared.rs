@@ -94,6 +94,8 @@ pub struct Redis {
     prefix: String,
     /// A random id of this process: its own channel messages are skipped.
     instance: String,
+    /// Whether [`Redis::listen`] runs (only with the cache tier on).
+    listening: AtomicBool,
     channel_up: AtomicBool,
 }
 
@@ -169,6 +171,7 @@ impl Redis {
             breaker_settings: cfg.breaker,
             prefix: format!("{{{}}}:", cfg.key_prefix),
             instance: uuid::Uuid::new_v4().simple().to_string(),
+            listening: AtomicBool::new(false),
             channel_up: AtomicBool::new(false),
         })
     }
@@ -281,9 +284,12 @@ impl Redis {
         self.breaker.state(Instant::now()).as_str()
     }
 
-    /// Whether this instance is subscribed to the purge channel now.
-    pub fn channel_up(&self) -> bool {
-        self.channel_up.load(Ordering::Acquire)
+    /// Whether this instance is subscribed to the purge channel now; `None`
+    /// when it does not listen (the cache tier is off).
+    pub fn channel_up(&self) -> Option<bool> {
+        self.listening
+            .load(Ordering::Acquire)
+            .then(|| self.channel_up.load(Ordering::Acquire))
     }
 
     /// `/stats` view.
@@ -292,7 +298,11 @@ impl Redis {
         serde_json::json!({
             "state": self.state(),
             "retry_in_ms": self.breaker.retry_in(Instant::now()).as_millis() as u64,
-            "channel": if self.channel_up() { "up" } else { "down" },
+            "channel": match self.channel_up() {
+                Some(true) => "up",
+                Some(false) => "down",
+                None => "off",
+            },
             "connections": pool.connections,
             "idle_connections": pool.idle_connections,
         })
@@ -309,6 +319,7 @@ impl Redis {
         on_resync: impl Fn(),
         mut shutdown: ShutdownWatch,
     ) {
+        self.listening.store(true, Ordering::Release);
         let channel = self.key("purge");
         let mut backoff = Duration::from_millis(250);
         // Subscribing may take a TLS handshake: off the request path, so a
