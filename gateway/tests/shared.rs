@@ -248,6 +248,18 @@ async fn get(gw: &Gateway, path: &str) -> (u16, HeaderMap) {
     (status, headers)
 }
 
+/// The status of a request with `X-Api-Key: key`.
+async fn get_keyed(gw: &Gateway, path: &str, key: &str) -> u16 {
+    let r = client()
+        .get(gw.url(path))
+        .header("host", HOST)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
 fn cache_status(h: &HeaderMap) -> String {
     h.get("cache-status")
         .map_or("-", |v| v.to_str().unwrap())
@@ -427,7 +439,7 @@ async fn a_shared_rate_limit_holds_across_instances() {
     let conf = config(
         &origin,
         &redis,
-        "limits: { rate: { per_client: 1/m, burst: 10, shared: true } }",
+        "limits: { rate: { per_client: 1/m, burst: 10, shared: true, key_header: x-api-key } }",
     );
     let a = Gateway::start(&conf).await;
     let b = Gateway::start(&conf).await;
@@ -435,7 +447,7 @@ async fn a_shared_rate_limit_holds_across_instances() {
     let mut limited = 0;
     for i in 0..30 {
         let gw = if i % 2 == 0 { &a } else { &b };
-        match get(gw, &format!("/n/{i}")).await.0 {
+        match get_keyed(gw, &format!("/n/{i}"), "k1").await {
             200 => ok += 1,
             429 => limited += 1,
             s => panic!("status {s}"),
@@ -444,6 +456,21 @@ async fn a_shared_rate_limit_holds_across_instances() {
     assert_eq!((ok, limited), (10, 20), "one burst across both instances");
     a.wait_metrics(&["gateway_shared_redis_calls_total{op=\"lease\",result=\"ok\"}"])
         .await;
+
+    // Redis gone: each instance limits alone (its own burst), nothing fails.
+    // (A client Redis refused stays refused until its bucket refills: ask
+    // for another one.)
+    let mut redis = redis;
+    redis.kill();
+    let mut ok = 0;
+    for i in 0..15 {
+        match get_keyed(&a, &format!("/alone/{i}"), "k2").await {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!(ok, 10, "the local limiter's burst");
 }
 
 #[tokio::test]
