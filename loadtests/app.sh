@@ -13,7 +13,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 command -v wrk >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || die "install wrk"
 ensure_system_deps
-cargo build --release --locked -p upstream-app >/dev/null
+cargo build --release --locked -p gateway -p upstream-app >/dev/null  # one feature set for every script: no rebuild
 
 pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
 REDIS_PORT=$(pick); APP_PORT=$(pick)

@@ -47,7 +47,7 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [ "${BUILD:-1}" = 1 ]; then
   ensure_system_deps
-  cargo build --release --locked -p gateway >/dev/null
+  cargo build --release --locked -p gateway -p upstream-app >/dev/null
 fi
 [ -x "$BIN" ] || die "no gateway binary at $BIN"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

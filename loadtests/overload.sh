@@ -15,7 +15,7 @@ CONNECTIONS=${CONNECTIONS:-$((K * 10))}
 DURATION=${DURATION:-10s}
 command -v wrk >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || die "install wrk"
 ensure_system_deps
-cargo build --release --locked -p gateway >/dev/null
+cargo build --release --locked -p gateway -p upstream-app >/dev/null  # one feature set for every script: no rebuild
 
 pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
 dir=$(mktemp -d); pids=()

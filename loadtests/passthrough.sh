@@ -32,7 +32,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 ensure_system_deps
-cargo build --release --locked -p gateway >/dev/null
+cargo build --release --locked -p gateway -p upstream-app >/dev/null  # one feature set for every script: no rebuild
 
 pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
 ORIGIN=$(pick); NGINX_PORT=$(pick); GW_PORT=$(pick); GW_ADMIN=$(pick)

@@ -82,8 +82,13 @@ _restore_policy_cmd() {
   fi
 }
 
-# The external tools that tests run, as TOOL:DEBIAN_PACKAGE.
-TEST_TOOLS=(promtool:prometheus systemd-analyze:systemd)
+# The external tools that tests run, as TOOL:DEBIAN_PACKAGE. node, npm and
+# chromium drive the status page test (gateway/tests/status_page.rs).
+TEST_TOOLS=(promtool:prometheus systemd-analyze:systemd curl:curl openssl:openssl node:nodejs npm:npm chromium:chromium)
+
+# The browser test's npm packages (playwright-core, pinned by its lockfile;
+# the browser is Debian's chromium, never one playwright downloads).
+BROWSER_TEST_DIR=gateway/tests/browser
 
 # ensure_test_tools: installs the missing TEST_TOOLS (root with apt-get, no
 # service started). Under CI (CI non-empty) a tool still missing is an error,
@@ -97,7 +102,10 @@ ensure_test_tools() {
       missing_pkgs+=("${entry#*:}")
     fi
   done
-  [ ${#missing_tools[@]} -eq 0 ] && return 0
+  if [ ${#missing_tools[@]} -eq 0 ]; then
+    ensure_browser_test_packages
+    return 0
+  fi
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${missing_pkgs[*]} (for ${missing_tools[*]}) with apt-get; no service is started"
     apt-get update -qq >/dev/null || say "apt-get update failed; trying the install anyway"
@@ -106,11 +114,29 @@ ensure_test_tools() {
   for tool in "${missing_tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || still+=("$tool")
   done
+  ensure_browser_test_packages
   [ ${#still[@]} -eq 0 ] && return 0
   if [ -n "${CI:-}" ]; then
     die "CI is set and ${still[*]} not installed: the tests need them. Run as root on Debian/Ubuntu (scripts/test installs ${missing_pkgs[*]} with apt-get), or install them first."
   fi
   say "${still[*]} not installed: the tests that need them will say \"skipped\" (as root, scripts/test installs ${missing_pkgs[*]})"
+}
+
+# ensure_browser_test_packages: `npm ci` in BROWSER_TEST_DIR when its
+# playwright-core is missing (needs npm; PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD so
+# that nothing but the npm package is fetched). Under CI a failure is an error.
+ensure_browser_test_packages() {
+  [ -e "$BROWSER_TEST_DIR/node_modules/playwright-core/package.json" ] && return 0
+  if command -v npm >/dev/null 2>&1; then
+    say "installing the browser test's npm packages (npm ci in $BROWSER_TEST_DIR)"
+    if (cd "$BROWSER_TEST_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+      return 0
+    fi
+    [ -n "${CI:-}" ] && die "npm ci in $BROWSER_TEST_DIR failed"
+    say "npm ci in $BROWSER_TEST_DIR failed: the status page test will say \"skipped\""
+  elif [ -n "${CI:-}" ]; then
+    die "CI is set and npm is not installed: the status page test needs it"
+  fi
 }
 
 # A small supervisor for scripts/stack. Each component NAME is started by a

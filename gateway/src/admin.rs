@@ -5,9 +5,10 @@
 //! | `GET /health` | open: the process is alive (with its pid: which process answers during an upgrade) |
 //! | `GET /ready` | open: 200 while serving, 503 once draining; never depends on upstreams |
 //! | `GET /metrics` | open: Prometheus text format |
+//! | `GET /status` | open: a live HTML status page whose script reads the token endpoints ([`status`]) |
 //! | `GET /upstreams` | token: servers of every upstream and their health |
 //! | `GET /config` | token: the running configuration (secrets redacted), last reload |
-//! | `GET /stats` | token: requests/s, p50/p99, status classes, hit ratio, in-flight, upstream health |
+//! | `GET /stats` | token: requests/s, p50/p99, status classes, hit ratio, in-flight, upstream health, duration histogram, last reload |
 //! | `GET /limits` | token: each limiter's limit, in-flight count and queue depth; breaker states |
 //! | `GET /cache/stats` | token: entries, bytes, capacity, outcomes, hit ratio |
 //! | `POST /cache/purge` | token: `{"url"|"prefix"|"pattern"|"tag"|"all", "soft"}` → `{"purged": n}` |
@@ -27,6 +28,8 @@ use crate::error::json_error;
 use crate::metrics;
 use crate::request_id;
 use crate::state::{Shared, Snapshot};
+
+mod status;
 
 /// The admin application.
 pub struct AdminApp {
@@ -60,6 +63,7 @@ impl ServeHttp for AdminApp {
                     json(StatusCode::OK, r#"{"status":"ready"}"#)
                 }
             }
+            "/status" if get => status::response(),
             "/metrics" if get => {
                 publish(&self.shared.snapshot());
                 metrics::publish_connections(self.shared.open_connections());
@@ -136,6 +140,15 @@ impl ServeHttp for AdminApp {
                         },
                         "cache_hit_ratio": metrics::CacheTotals::now().hit_ratio(),
                         "open_connections": self.shared.open_connections(),
+                        // Added for the status page (a client derives rates and
+                        // recent percentiles from two answers):
+                        "uptime_ms": sum.uptime_ms,
+                        "latency_buckets": {
+                            "le_ms": sum.buckets_ms.iter().map(|b| b.0).collect::<Vec<_>>(),
+                            "counts": sum.buckets_ms.iter().map(|b| b.1).collect::<Vec<_>>(),
+                            "count": sum.duration_count,
+                        },
+                        "last_reload": self.shared.reload_status(),
                     });
                     let snap = self.shared.snapshot();
                     let in_flight: serde_json::Map<_, _> = snap
@@ -237,6 +250,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/health"
         | "/ready"
+        | "/status"
         | "/metrics"
         | "/upstreams"
         | "/config"

@@ -7,13 +7,32 @@
 //! from the first byte of a request until the proxy reports the header
 //! complete ([`header_complete`]); after each request ([`request_done`]) the
 //! deadline re-arms on the next request's first byte.
+//!
+//! The stream also keeps an upstream's `Date` ([`keep_date`]): Pingora's
+//! HTTP/1 server writes its own `Date` into every response header (a private
+//! flag, `update_resp_headers`, with no setter), but a response keeps the
+//! `Date` its origin gave it (RFC 9110 §6.6.1), and one served from the cache
+//! must (RFC 9111 §4: its `Age` counts from it). Pingora's value and any valid
+//! HTTP date are both 29-byte IMF-fixdates, so the stream writes the kept one
+//! over Pingora's in place, without copying the header.
+//!
+//! On a `tls.listen` listener the TLS handshake runs here too, after the cap
+//! and under `tls.handshake_timeout` ([`crate::tls`]). HTTP/2 equivalents of
+//! the HTTP/1 protections: the same connection cap; the header deadline runs
+//! from the end of the handshake until the connection's first request header
+//! is complete (a connection that never sends one is closed); after that an
+//! HTTP/2 connection with no request in progress — including one whose
+//! streams never complete their headers — is closed after
+//! `client.keepalive_timeout` (Pingora's h2 idle timeout). Header-list size and
+//! concurrent streams per connection are HTTP/2 settings (see `server.rs`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,20 +50,145 @@ use tokio::time::{Instant, Sleep};
 
 use crate::metrics;
 use crate::state::Shared;
+use crate::tls::TlsAcceptors;
 
 const ARMED: u8 = 0;
 const DONE: u8 = 1;
 const NEXT: u8 = 2;
 
+/// HTTP/2 connections still waiting for their first complete request
+/// header, by the address of their socket digest (the one connection-wide
+/// object an HTTP/2 session exposes): the first request disarms the deadline.
+static H2_ARMED: LazyLock<Mutex<HashMap<usize, Arc<AtomicU8>>>> = LazyLock::new(Mutex::default);
+/// Entries in [`H2_ARMED`]: lets requests skip the lock when none is armed.
+static H2_ARMED_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+fn h2_register(key: usize, phase: Arc<AtomicU8>) {
+    if let Ok(mut m) = H2_ARMED.lock() {
+        if m.insert(key, phase).is_none() {
+            H2_ARMED_COUNT.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn h2_remove(key: usize) -> Option<Arc<AtomicU8>> {
+    let removed = H2_ARMED.lock().ok()?.remove(&key);
+    if removed.is_some() {
+        H2_ARMED_COUNT.fetch_sub(1, Ordering::AcqRel);
+    }
+    removed
+}
+
+/// The HTTP/2 registry key of a session's connection.
+fn h2_key(session: &Session) -> Option<usize> {
+    let digest = session.as_downstream().digest()?;
+    digest
+        .socket_digest
+        .as_ref()
+        .map(|d| Arc::as_ptr(d) as usize)
+}
+
 /// A downstream connection with a whole-header deadline.
 pub struct GuardedStream {
     inner: Stream,
-    phase: AtomicU8,
+    phase: Arc<AtomicU8>,
+    /// Set on an HTTP/2 connection: its key in [`H2_ARMED`] until the first request.
+    h2_key: Option<usize>,
     header_timeout: Duration,
     deadline: Pin<Box<Sleep>>,
     /// Our JSON answer in place of Pingora's bare 400, and how much of it is written.
     replacing: Option<(Vec<u8>, usize)>,
+    /// The `Date` of the next response header, in seconds since the epoch
+    /// (0: Pingora's own); see [`keep_date`].
+    keep_date: AtomicU64,
+    /// The kept `Date` being written over Pingora's in the current header.
+    date_patch: Option<DatePatch>,
     _open: OpenConnection,
+}
+
+/// Where a response header's `Date` value sits, what goes there, and how
+/// much of the header has been written.
+#[derive(Debug)]
+struct DatePatch {
+    value: [u8; DATE_LEN],
+    at: usize,
+    written: usize,
+}
+
+/// Length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+const DATE_LEN: usize = 29;
+
+/// `secs` as an IMF-fixdate, remembered per thread for the last value: the
+/// hits of one stored response share its `Date`.
+fn imf_fixdate(secs: u64) -> Option<[u8; DATE_LEN]> {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<Option<(u64, [u8; DATE_LEN])>> = const { Cell::new(None) };
+    }
+    LAST.with(|last| {
+        if let Some((s, v)) = last.get() {
+            if s == secs {
+                return Some(v);
+            }
+        }
+        let text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+        let value: [u8; DATE_LEN] = text.as_bytes().try_into().ok()?;
+        last.set(Some((secs, value)));
+        Some(value)
+    })
+}
+
+impl DatePatch {
+    /// The patch for the response header at the start of `buf`, if it has a
+    /// `Date` field holding an IMF-fixdate.
+    fn find(buf: &[u8], secs: u64) -> Option<DatePatch> {
+        if !buf.starts_with(b"HTTP/1.") {
+            return None;
+        }
+        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 2;
+        let head = &buf[..head_end];
+        let line = head
+            .windows(7)
+            .position(|w| w.eq_ignore_ascii_case(b"\r\ndate:"))?;
+        let mut at = line + 7;
+        while head.get(at).is_some_and(|b| *b == b' ' || *b == b'\t') {
+            at += 1;
+        }
+        if head.get(at + DATE_LEN..at + DATE_LEN + 2) != Some(&b"\r\n"[..]) {
+            return None;
+        }
+        let value = imf_fixdate(secs)?;
+        Some(DatePatch {
+            value,
+            at,
+            written: 0,
+        })
+    }
+
+    /// Writes the next part of the header in `buf` (what is left of it after
+    /// the previous writes): up to the value, Pingora's bytes; then ours, for
+    /// as long as Pingora's value would have lasted. Short writes are allowed
+    /// and the caller resends what follows. Returns the write's result and
+    /// whether the patch is done (the rest goes through unchanged).
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &mut W,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> (Poll<io::Result<usize>>, bool) {
+        let r = if self.written < self.at {
+            let upto = (self.at - self.written).min(buf.len());
+            Pin::new(inner).poll_write(cx, &buf[..upto])
+        } else {
+            let from = self.written - self.at;
+            let len = (DATE_LEN - from).min(buf.len());
+            Pin::new(inner).poll_write(cx, &self.value[from..from + len])
+        };
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n;
+        }
+        (r, self.written >= self.at + DATE_LEN)
+    }
 }
 
 impl fmt::Debug for GuardedStream {
@@ -57,12 +201,24 @@ impl fmt::Debug for GuardedStream {
 
 impl GuardedStream {
     fn new(inner: Stream, header_timeout: Duration, open: OpenConnection) -> Self {
+        let phase = Arc::new(AtomicU8::new(ARMED));
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        let h2_key = h2
+            .then(|| inner.get_socket_digest())
+            .flatten()
+            .map(|d| Arc::as_ptr(&d) as usize);
+        if let Some(key) = h2_key {
+            h2_register(key, phase.clone());
+        }
         Self {
             inner,
-            phase: AtomicU8::new(ARMED),
+            phase,
+            h2_key,
             header_timeout,
             deadline: Box::pin(tokio::time::sleep(header_timeout)),
             replacing: None,
+            keep_date: AtomicU64::new(0),
+            date_patch: None,
             _open: open,
         }
     }
@@ -70,6 +226,9 @@ impl GuardedStream {
     /// Best effort: tell the client why the connection closes. Nothing has been
     /// written during a header phase, so the socket buffer takes it at once.
     fn write_timeout_answer(&mut self, cx: &mut Context<'_>) {
+        if self.h2_key.is_some() {
+            return; // HTTP/2 frames, not text: the connection just closes.
+        }
         let msg = closing_answer("408 Request Timeout", "request header timeout");
         let _ = Pin::new(&mut self.inner).poll_write(cx, &msg);
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
@@ -127,6 +286,10 @@ fn guarded(session: &Session) -> Option<&GuardedStream> {
 pub fn header_complete(session: &Session) {
     if let Some(g) = guarded(session) {
         g.phase.store(DONE, Ordering::Release);
+    } else if H2_ARMED_COUNT.load(Ordering::Acquire) > 0 {
+        if let Some(phase) = h2_key(session).and_then(h2_remove) {
+            phase.store(DONE, Ordering::Release);
+        }
     }
 }
 
@@ -134,7 +297,30 @@ pub fn header_complete(session: &Session) {
 pub fn request_done(session: &Session) {
     if let Some(g) = guarded(session) {
         g.phase.store(NEXT, Ordering::Release);
+        g.keep_date.store(0, Ordering::Relaxed);
     }
+}
+
+/// Called with a response header just before it is written: its `Date`, if
+/// it has a valid one that differs from what Pingora would write, goes out in
+/// place of Pingora's. A response the gateway makes itself has no `Date` and
+/// gets Pingora's. Over HTTP/2 Pingora's `Date` stands (no stream to patch).
+pub fn keep_date(session: &Session, resp: &pingora::http::ResponseHeader) {
+    let Some(date) = resp.headers.get(http::header::DATE) else {
+        return;
+    };
+    // The common case on a miss: the origin's clock agrees to the second.
+    if date.as_bytes() == pingora::protocols::http::date::get_cached_date().as_bytes() {
+        return;
+    }
+    let Some(g) = guarded(session) else { return };
+    let secs = date
+        .to_str()
+        .ok()
+        .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    g.keep_date.store(secs, Ordering::Relaxed);
 }
 
 impl AsyncRead for GuardedStream {
@@ -179,6 +365,7 @@ impl AsyncWrite for GuardedStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.replacing.is_none()
+            && this.h2_key.is_none()
             && this.phase.load(Ordering::Acquire) == ARMED
             && buf.starts_with(PINGORA_400)
         {
@@ -194,6 +381,19 @@ impl AsyncWrite for GuardedStream {
                 Poll::Pending => Poll::Pending,
             };
         }
+        if this.date_patch.is_none() && this.keep_date.load(Ordering::Relaxed) != 0 {
+            // The header follows its `keep_date` call: write_all hands it over
+            // whole, then what is left of it after each partial write.
+            let secs = this.keep_date.swap(0, Ordering::Relaxed);
+            this.date_patch = DatePatch::find(buf, secs);
+        }
+        if let Some(patch) = &mut this.date_patch {
+            let (r, done) = patch.poll_write(&mut this.inner, cx, buf);
+            if done {
+                this.date_patch = None;
+            }
+            return r;
+        }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -207,8 +407,10 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let armed = self.phase.load(Ordering::Acquire) == ARMED;
+        let armed = self.h2_key.is_none() && self.phase.load(Ordering::Acquire) == ARMED;
         if self.replacing.is_some()
+            || self.date_patch.is_some()
+            || self.keep_date.load(Ordering::Relaxed) != 0
             || (armed && bufs.first().is_some_and(|b| b.starts_with(PINGORA_400)))
         {
             let first = bufs.first().map_or(&[][..], |b| &b[..]);
@@ -283,6 +485,14 @@ impl Peek for GuardedStream {
     }
 }
 
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        if let Some(key) = self.h2_key {
+            h2_remove(key);
+        }
+    }
+}
+
 /// One open downstream connection, counted while it lives.
 struct OpenConnection(Arc<Shared>);
 
@@ -303,6 +513,8 @@ impl Drop for OpenConnection {
 pub struct GuardedApp<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    /// Set on the HTTPS listeners: the handshake runs before the proxy sees the stream.
+    tls: Option<Arc<TlsAcceptors>>,
 }
 
 impl<A> GuardedApp<A> {
@@ -311,6 +523,16 @@ impl<A> GuardedApp<A> {
         Self {
             inner: Arc::new(inner),
             shared,
+            tls: None,
+        }
+    }
+
+    /// Like [`GuardedApp::new`], for a listener whose connections speak TLS.
+    pub fn with_tls(inner: A, shared: Arc<Shared>, tls: Arc<TlsAcceptors>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            shared,
+            tls: Some(tls),
         }
     }
 }
@@ -327,10 +549,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = self.shared.snapshot().config.client;
+        let snap = self.shared.snapshot();
+        let limits = snap.config.client;
         let (open, count) = OpenConnection::open(&self.shared);
         if count > limits.max_connections {
             metrics::connection_rejected();
+            if self.tls.is_some() {
+                // No handshake spent on a connection that is turned away.
+                return None;
+            }
             let _ =
                 tokio::time::timeout(Duration::from_millis(200), stream.write_all(TOO_MANY)).await;
             let _ = tokio::time::timeout(
@@ -341,6 +568,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             drop(open);
             return None;
         }
+        let stream = match (&self.tls, snap.config.tls.as_ref()) {
+            (None, _) => stream,
+            (Some(acceptors), Some(tls)) => acceptors.accept(stream, tls).await.ok()?,
+            (Some(_), None) => return None,
+        };
+        drop(snap);
         let guarded: Stream = Box::new(GuardedStream::new(stream, limits.header_timeout, open));
         self.inner.process_new(guarded, shutdown).await
     }
@@ -353,6 +586,95 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_date_patch_finds_pingoras_date_value() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nx-date: no\r\nDate: Wed, 02 Dec 2026 17:00:00 GMT\r\n\r\nbody";
+        let p = DatePatch::find(head, 784_111_777).unwrap();
+        assert_eq!(
+            &head[p.at..p.at + DATE_LEN],
+            b"Wed, 02 Dec 2026 17:00:00 GMT"
+        );
+        assert_eq!(&p.value, b"Sun, 06 Nov 1994 08:49:37 GMT");
+        // No Date in the header (only in the body), or not a header at all.
+        assert!(DatePatch::find(b"HTTP/1.1 200 OK\r\n\r\n\r\ndate: x", 1).is_none());
+        assert!(
+            DatePatch::find(b"body\r\ndate: Wed, 02 Dec 2026 17:00:00 GMT\r\n\r\n", 1).is_none()
+        );
+    }
+
+    /// A socket that takes at most `max` bytes per write.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The patching half of `GuardedStream::poll_write`.
+    struct Patched {
+        patch: Option<DatePatch>,
+        inner: Trickle,
+    }
+
+    impl AsyncWrite for Patched {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = &mut *self;
+            if let Some(patch) = &mut this.patch {
+                let (r, done) = patch.poll_write(&mut this.inner, cx, buf);
+                if done {
+                    this.patch = None;
+                }
+                return r;
+            }
+            Pin::new(&mut this.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_kept_date_replaces_pingoras_across_short_writes() {
+        let head = b"HTTP/1.1 200 OK\r\nDate: Wed, 02 Dec 2026 17:00:00 GMT\r\nx: 1\r\n\r\nbody";
+        let want = b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nx: 1\r\n\r\nbody";
+        for max in [1, 3, 7, 29, 4096] {
+            let mut w = Patched {
+                patch: DatePatch::find(head, 784_111_777),
+                inner: Trickle {
+                    out: Vec::new(),
+                    max,
+                },
+            };
+            futures::executor::block_on(w.write_all(head)).unwrap();
+            assert_eq!(w.inner.out, want, "{max} bytes per write");
+            assert!(w.patch.is_none());
+        }
+    }
 
     #[test]
     fn canned_answer_declares_its_length() {

@@ -31,6 +31,20 @@ fn listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// The fields a message's `Connection` lists (framing fields excepted).
+pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    if headers.contains_key(header::CONNECTION) {
+        listed(headers)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether `name` is hop-by-hop whatever `Connection` says.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    FIXED.contains(name)
+}
+
 /// Strips a request that is not a protocol upgrade.
 pub fn strip_request(req: &mut RequestHeader) {
     if !req.headers.contains_key(header::CONNECTION) && !has_fixed(&req.headers) {

@@ -130,11 +130,40 @@ client:
   max_body_size: 10MiB
   # Slow clients: the whole header block within this (slowloris).
   header_timeout: 10s
+  # Also how long an HTTP/2 connection with no request in progress stays open.
   keepalive_timeout: 60s
+  # HTTP/2 (HTTPS only): concurrent requests per connection. [restart]
+  h2_max_streams: 100
+
+# HTTPS (rustls), HTTP/2 by ALPN. Uncomment with your certificate files (PEM;
+# the chain with the leaf first). Each certificate answers for the names in it
+# (exact and *.wildcard, chosen by SNI); the first also answers clients that
+# send no known name. SIGHUP re-reads the files: a broken one is refused and
+# the running certificates keep serving. Upstream requests then carry
+# X-Forwarded-Proto: https.
+#tls:
+#  listen: ["0.0.0.0:443"]          # [restart]
+#  certificates:
+#    - { cert: /etc/gateway/tls/site.pem, key: /etc/gateway/tls/site.key }
+#  min_version: "1.2"               # or "1.3"
+#  handshake_timeout: 10s
+#  # The plain listener answers 308 to https (except /.well-known/acme-challenge/
+#  # and ready_path).
+#  redirect_http: false
+#  # Strict-Transport-Security on HTTPS responses; absent: none.
+#  hsts: { max_age: 180d, include_subdomains: false }
+
+# gzip / brotli / zstd for clients that ask (Accept-Encoding, q-values
+# honoured), for text, JSON, JavaScript, XML and SVG bodies of at least
+# min_size. Done on the way out: the cache keeps one copy and compresses it
+# for each client. Never for ranges, Cache-Control: no-transform or bodies the
+# app already encoded. A route turns it off with `compression: false`.
+compression: { enabled: true, algorithms: [br, gzip, zstd], min_size: 1KiB }
 
 admin:
-  # /health, /ready, /metrics are open; /stats, /cache/*, /limits, /upstreams,
-  # /config need `Authorization: Bearer <token>`. The token comes from
+  # /health, /ready, /metrics and the /status page are open; /stats, /cache/*,
+  # /limits, /upstreams, /config need `Authorization: Bearer <token>` (the
+  # page asks for it: /status#token=... or its form). The token comes from
   # token_file (the packages generate /etc/gateway/admin-token and pass it in
   # GATEWAY_ADMIN__TOKEN_FILE) or GATEWAY_ADMIN__TOKEN. [restart]
   listen: "@ADMIN@"
@@ -173,6 +202,15 @@ cache:
   max_object_size: 8MiB
   # Who may send `PURGE <url>` to the main listener (socket peer).
   purge_allow: ["127.0.0.1/32", "::1/128"]
+  # How the app talks to each cache (RFC 9213): the gateway follows this
+  # field first, then CDN-Cache-Control, then Cache-Control (+ Expires);
+  # Cache-Control keeps governing browsers. E.g. `Cache-Control: no-cache`,
+  # `CDN-Cache-Control: max-age=60`, `Gateway-Cache-Control: max-age=3600`:
+  # browsers revalidate, a CDN keeps it a minute, this gateway an hour. The
+  # field is removed from client responses unless forward_targeted: true.
+  # "" = none of its own.
+  targeted_field: Gateway-Cache-Control
+  forward_targeted: false
   # Several instances behind a load balancer: a second tier in the Redis of
   # `shared.redis` below (memory misses looked up there, stored responses
   # written there in the background; purges reach every instance). [restart]

@@ -6,7 +6,10 @@
 //! - [`upstream`]: server pools and peer selection.
 //! - [`state`]: the atomically swappable snapshot shared by every service.
 //! - [`proxy`]: the `ProxyHttp` implementation, one file per Pingora phase.
-//! - [`client`]: connection cap and whole-header deadline around the proxy.
+//! - [`client`]: connection cap, TLS handshake and whole-header deadline around the proxy.
+//! - [`compression`]: gzip / brotli / zstd on the way out, after the cache.
+//! - [`certs`]: TLS certificates loaded from PEM files, chosen by SNI.
+//! - [`tls`]: the rustls acceptors of the HTTPS listeners (certificates from the snapshot).
 //! - [`breaker`]: per-server circuit breakers.
 //! - [`clock`]: time passed into the logic that depends on it.
 //! - [`cache`]: the response cache (storage, policy, outcome).
@@ -34,9 +37,11 @@ pub(crate) mod admin;
 pub mod alloc;
 pub(crate) mod breaker;
 pub mod cache;
+pub mod certs;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod clock;
+pub mod compression;
 pub mod config;
 pub(crate) mod error;
 pub(crate) mod forwarded;
@@ -57,4 +62,5 @@ pub(crate) mod routes;
 pub mod server;
 pub(crate) mod shared;
 pub(crate) mod state;
+pub(crate) mod tls;
 pub(crate) mod upstream;

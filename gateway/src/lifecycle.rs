@@ -142,6 +142,21 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<String> {
         "access_log.path" => access_log.target;
         "shared.redis" => redis;
         "cache.shared" => cache.shared;
+        "client.h2_max_streams" => client.h2_max_streams;
+    }
+    // The HTTPS listeners: only their addresses need a restart (certificates,
+    // version, deadline, redirect and HSTS apply on reload). Adding or removing
+    // the whole block is a listener change too.
+    let running_listen = running.tls.as_ref().map(|t| &t.listen);
+    let next_listen = next.tls.as_ref().map(|t| &t.listen);
+    if running_listen != next_listen {
+        pending.push("tls.listen".to_owned());
+        match (&running.tls, &mut next.tls) {
+            (Some(r), Some(n)) => n.listen = r.listen.clone(),
+            (None, Some(_)) => next.tls = None,
+            (Some(_), None) => next.tls = running.tls.clone(),
+            (None, None) => {}
+        }
     }
     pending
 }

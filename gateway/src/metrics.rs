@@ -202,6 +202,16 @@ static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static CACHE_INVALID_TARGETED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_cache_invalid_targeted_total",
+        "Targeted cache-control fields (CDN-Cache-Control, cache.targeted_field) ignored \
+         because they are not valid (RFC 9213 §2.1), by route.",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
 static CACHE_STORES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "gateway_cache_stores_total",
@@ -402,6 +412,14 @@ impl RouteMetrics {
         remove_series(&SHED, "route", &self.name);
         remove_series(&RATE_LIMITED, "route", &self.name);
         remove_series(&CACHE_REQUESTS, "route", &self.name);
+        remove_series(&CACHE_INVALID_TARGETED, "route", &self.name);
+    }
+
+    /// Counts targeted cache-control fields ignored as invalid.
+    pub fn invalid_targeted(&self, n: u8) {
+        CACHE_INVALID_TARGETED
+            .with_label_values(&[&self.name])
+            .inc_by(u64::from(n));
     }
 
     /// Records a finished request's duration.
@@ -639,6 +657,15 @@ pub struct Summary {
     pub p50_ms: Option<f64>,
     /// 99th percentile request duration in ms.
     pub p99_ms: Option<f64>,
+    /// Milliseconds since start (the clock a client derives rates from).
+    pub uptime_ms: u64,
+    /// The all-routes duration histogram: (upper bound in ms, cumulative count)
+    /// per bucket of [`BUCKETS`]; requests above the last bound are only in
+    /// `requests`. A client subtracts two of these to get the percentiles of
+    /// the requests in between (the status page does).
+    pub buckets_ms: Vec<(f64, u64)>,
+    /// Requests in the duration histogram (the `+Inf` bucket).
+    pub duration_count: u64,
 }
 
 /// The traffic summary now.
@@ -650,13 +677,14 @@ pub fn summary() -> Summary {
         .filter(|(_, n)| *n > 0)
         .collect();
     let h = prometheus::core::Metric::metric(&*ALL_DURATIONS);
-    let buckets: Vec<(f64, f64)> = h
+    let raw: Vec<(f64, u64)> = h
         .get_histogram()
         .get_bucket()
         .iter()
-        .map(|b| (b.upper_bound(), b.cumulative_count() as f64))
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
         .collect();
-    let count = ALL_DURATIONS.get_sample_count() as f64;
+    let buckets: Vec<(f64, f64)> = raw.iter().map(|&(u, c)| (u, c as f64)).collect();
+    let count = h.get_histogram().get_sample_count() as f64;
     let quantile = |q: f64| -> Option<f64> {
         if count == 0.0 {
             return None;
@@ -677,8 +705,15 @@ pub fn summary() -> Summary {
         }
         Some(lower * 1000.0)
     };
+    let uptime = STARTED.elapsed();
     Summary {
-        uptime_seconds: STARTED.elapsed().as_secs_f64().max(1.0),
+        uptime_seconds: uptime.as_secs_f64().max(1.0),
+        uptime_ms: uptime.as_millis() as u64,
+        buckets_ms: raw
+            .iter()
+            .map(|&(u, c)| ((u * 1e6).round() / 1e3, c))
+            .collect(),
+        duration_count: count as u64,
         requests: CLASS_TOTALS.iter().map(|n| n.load(Ordering::Relaxed)).sum(),
         by_status,
         p50_ms: quantile(0.5),
@@ -716,6 +751,11 @@ pub fn init() {
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&QUEUE_WAIT);
+    LazyLock::force(&TLS_HANDSHAKES);
+    LazyLock::force(&PROTOCOL_HANDLES);
+    LazyLock::force(&HTTPS_REDIRECTS);
+    LazyLock::force(&COMPRESSED);
+    LazyLock::force(&COMPRESSION_BYTES);
     static PROCESS: std::sync::Once = std::sync::Once::new();
     PROCESS.call_once(|| {
         let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -727,6 +767,87 @@ pub fn init() {
     RELOAD_OK.set(1);
     LazyLock::force(&BUILD_INFO);
     LazyLock::force(&UNROUTED);
+}
+
+static TLS_HANDSHAKES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_tls_handshakes_total",
+        "TLS handshakes on the tls.listen listeners, by result (ok, timeout, failed).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a TLS handshake by result (`ok`, `timeout`, `failed`).
+pub fn tls_handshake(result: &'static str) {
+    TLS_HANDSHAKES.with_label_values(&[result]).inc();
+}
+
+static PROTOCOL_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_requests_by_protocol_total",
+        "Requests answered, by client protocol (http/1.0, http/1.1, h2) and transport (tcp, tls).",
+        &["protocol", "transport"]
+    )
+    .expect("metric registers once")
+});
+
+/// One handle per (protocol, transport) pair, resolved once.
+static PROTOCOL_HANDLES: LazyLock<[[IntCounter; 2]; 3]> = LazyLock::new(|| {
+    ["http/1.0", "http/1.1", "h2"]
+        .map(|p| ["tcp", "tls"].map(|t| PROTOCOL_REQUESTS.with_label_values(&[p, t])))
+});
+
+/// Counts an answered request by its HTTP version and whether it came over TLS.
+pub fn request_protocol(version: http::Version, tls: bool) {
+    let p = match version {
+        http::Version::HTTP_2 => 2,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => 0,
+        _ => 1,
+    };
+    PROTOCOL_HANDLES[p][usize::from(tls)].inc();
+}
+
+static HTTPS_REDIRECTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_https_redirects_total",
+        "Plain-HTTP requests answered with a 308 to HTTPS (tls.redirect_http)."
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a 308 to HTTPS.
+pub fn https_redirect() {
+    HTTPS_REDIRECTS.inc();
+}
+
+static COMPRESSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_compressed_responses_total",
+        "Responses compressed on the way out, by content coding (br, gzip, zstd).",
+        &["encoding"]
+    )
+    .expect("metric registers once")
+});
+
+static COMPRESSION_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_compression_bytes_total",
+        "Body bytes into (in) and out of (out) the compressors, by content coding.",
+        &["encoding", "direction"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a finished compressed response and its bytes before and after.
+pub fn compressed(encoding: &'static str, bytes_in: usize, bytes_out: usize) {
+    COMPRESSED.with_label_values(&[encoding]).inc();
+    COMPRESSION_BYTES
+        .with_label_values(&[encoding, "in"])
+        .inc_by(bytes_in as u64);
+    COMPRESSION_BYTES
+        .with_label_values(&[encoding, "out"])
+        .inc_by(bytes_out as u64);
 }
 
 /// The default registry in Prometheus text format.

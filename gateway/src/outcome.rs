@@ -78,7 +78,9 @@ impl CacheOutcome {
         }
     }
 
-    /// The `Cache-Status` member of this cache.
+    /// The `Cache-Status` member of this cache. `vary_miss`: on a miss, a
+    /// response is stored for the URI, but not for this request's variant.
+    #[allow(clippy::too_many_arguments)]
     pub fn cache_status(
         self,
         ttl: Option<i64>,
@@ -87,6 +89,7 @@ impl CacheOutcome {
         detail: Option<&str>,
         key: Option<&str>,
         by_request: bool,
+        vary_miss: bool,
     ) -> String {
         let mut s = String::from("gateway");
         match self {
@@ -96,6 +99,7 @@ impl CacheOutcome {
             }
             Self::Hit => s.push_str("; hit"),
             Self::Stale => s.push_str("; hit; fwd=stale"),
+            Self::Miss | Self::Uncacheable if vary_miss => s.push_str("; fwd=vary-miss"),
             Self::Miss | Self::Uncacheable => s.push_str("; fwd=uri-miss"),
             Self::Revalidated | Self::Expired => s.push_str("; fwd=stale"),
             Self::Bypass => s.push_str("; fwd=bypass"),
@@ -138,11 +142,19 @@ mod tests {
     #[test]
     fn cache_status_uses_rfc9211_vocabulary() {
         assert_eq!(
-            CacheOutcome::Hit.cache_status(Some(42), false, None, None, None, false),
+            CacheOutcome::Hit.cache_status(Some(42), false, None, None, None, false, false),
             "gateway; hit; ttl=42"
         );
         assert_eq!(
-            CacheOutcome::Miss.cache_status(None, true, Some(200), None, Some("k\"1"), false),
+            CacheOutcome::Miss.cache_status(
+                None,
+                true,
+                Some(200),
+                None,
+                Some("k\"1"),
+                false,
+                false
+            ),
             "gateway; fwd=uri-miss; fwd-status=200; stored; key=\"k\\\"1\""
         );
         assert_eq!(
@@ -152,9 +164,14 @@ mod tests {
                 Some(200),
                 Some("no-store"),
                 None,
+                false,
                 false
             ),
             "gateway; fwd=uri-miss; fwd-status=200; detail=no-store"
+        );
+        assert_eq!(
+            CacheOutcome::Miss.cache_status(None, true, Some(200), None, None, false, true),
+            "gateway; fwd=vary-miss; fwd-status=200; stored"
         );
     }
 }

@@ -12,6 +12,7 @@ use proptest::prelude::*;
 
 use crate::cache::policy;
 use crate::cache::request::RequestDirectives;
+use crate::cache::targeted::Directives;
 use crate::config::QueryKey;
 
 /// Header values a client or origin could send (visible ASCII, spaces, tabs,
@@ -94,7 +95,21 @@ proptest! {
     ) {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
         let resp = response(&[("cache-control", cc), ("age", age), ("expires", expires), ("vary", vary)]);
-        let _ = policy::decide(&request(&[]), &resp, &rule(), now);
+        let _ = policy::decide(&request(&[]), &resp, &rule(), &Directives::select(&resp, None), now, Duration::ZERO);
+    }
+
+    #[test]
+    fn targeted_fields_never_panic_the_storability_decision(
+        own in prop_oneof![header_value(), directives()],
+        cdn in prop_oneof![header_value(), directives()],
+        date in header_value(),
+        secs in 0u64..4_000_000_000,
+    ) {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let resp = response(&[("gateway-cache-control", own), ("cdn-cache-control", cdn), ("date", date)]);
+        let field = HeaderName::from_static("gateway-cache-control");
+        let directives = Directives::select(&resp, Some(&field));
+        let _ = policy::decide(&request(&[]), &resp, &rule(), &directives, now, Duration::from_secs(secs % 100));
     }
 
     #[test]
@@ -102,7 +117,7 @@ proptest! {
         let resp = response(&[("vary", vary), ("cache-control", HeaderValue::from_static("max-age=60"))]);
         let req = request(&[("accept-language", lang), ("cookie", cookie)]);
         if let pingora::cache::RespCacheable::Cacheable(meta) =
-            policy::decide(&req, &resp, &rule(), SystemTime::now())
+            policy::decide(&req, &resp, &rule(), &Directives::select(&resp, None), SystemTime::now(), Duration::ZERO)
         {
             let _ = policy::variance(&meta, &req, &rule());
         }

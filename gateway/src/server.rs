@@ -14,6 +14,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::listening::Service;
 
+use pingora::apps::HttpServerOptions;
+
 use crate::admin::AdminApp;
 use crate::cli::{Cli, Command};
 use crate::client::GuardedApp;
@@ -23,6 +25,7 @@ use crate::metrics;
 use crate::preflight;
 use crate::proxy::Gateway;
 use crate::state::Shared;
+use crate::tls::TlsAcceptors;
 
 /// Exit code of a refused configuration (and of a listener that cannot bind).
 pub const EXIT_CONFIG: u8 = 2;
@@ -71,18 +74,31 @@ pub fn main(cli: Cli) -> ExitCode {
     }
     // A new binary taking over (-u) receives bound sockets from the old one.
     if !cli.upgrade {
-        for (key, addr) in [
-            ("listen", config.listen),
-            ("admin.listen", config.admin.listen),
-        ] {
-            if let Err(e) = TcpListener::bind(addr) {
-                eprintln!(
-                    "cannot listen on {addr} ({key} in {}): {e}",
-                    cli.conf.display()
-                );
-                return ExitCode::from(EXIT_CONFIG);
+        let tls_listen = config.tls.iter().flat_map(|t| {
+            t.listen
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("tls.listen[{i}]"), *a))
+        });
+        let listeners = [
+            ("listen".to_owned(), config.listen),
+            ("admin.listen".to_owned(), config.admin.listen),
+        ];
+        // Held until all are checked, so a duplicate shows as a bind failure.
+        let mut bound = Vec::new();
+        for (key, addr) in listeners.into_iter().chain(tls_listen) {
+            match TcpListener::bind(addr) {
+                Ok(l) => bound.push(l),
+                Err(e) => {
+                    eprintln!(
+                        "cannot listen on {addr} ({key} in {}): {e}",
+                        cli.conf.display()
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
             }
         }
+        drop(bound);
     }
     if let Err(code) = refuse(&cli, preflight::prepare(&config)) {
         return code;
@@ -147,14 +163,36 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
     server.bootstrap();
 
-    let mut proxy_app =
-        pingora::proxy::HttpProxy::new(Gateway::new(shared.clone()), server.configuration.clone());
-    proxy_app.handle_init_modules();
+    let proxy_app = || {
+        let mut app = pingora::proxy::HttpProxy::new(
+            Gateway::new(shared.clone()),
+            server.configuration.clone(),
+        );
+        app.handle_init_modules();
+        app
+    };
     let mut proxy = Service::new(
         "gateway".to_string(),
-        GuardedApp::new(proxy_app, shared.clone()),
+        GuardedApp::new(proxy_app(), shared.clone()),
     );
     proxy.add_tcp(&config.listen.to_string());
+    if let Some(tls) = &config.tls {
+        let mut app = proxy_app();
+        app.h2_options = Some(h2_options(config));
+        let mut options = HttpServerOptions::default();
+        // An HTTP/2 connection with no request in progress is closed after
+        // this (also one whose streams never complete their header block).
+        options.h2_idle_timeout = Some(config.client.keepalive_timeout);
+        app.server_options = Some(options);
+        let mut https = Service::new(
+            "gateway-tls".to_string(),
+            GuardedApp::with_tls(app, shared.clone(), TlsAcceptors::new(shared.clone())),
+        );
+        for addr in &tls.listen {
+            https.add_tcp(&addr.to_string());
+        }
+        server.add_service(https);
+    }
 
     let mut admin = Service::new("admin".to_string(), AdminApp::new(shared.clone()));
     admin.add_tcp(&config.admin.listen.to_string());
@@ -176,6 +214,17 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
         ));
     }
     server
+}
+
+/// HTTP/2 settings sent to clients: the header-list size is Pingora's HTTP/1
+/// hard cap (the request filter then answers 431 + JSON above
+/// `client.max_header_bytes`, as for HTTP/1), and concurrent streams per
+/// connection are capped by `client.h2_max_streams`.
+fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Options {
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(config::PINGORA_MAX_HEADER_BYTES as u32);
+    h2.max_concurrent_streams(config.client.h2_max_streams);
+    h2
 }
 
 /// Background service of the shared Redis: the purge channel (other

@@ -1,5 +1,6 @@
 //! The response cache: storage ([`storage`]), what is stored and under which
-//! key ([`policy`]), the client's directives ([`request`]) and purges
+//! key ([`policy`]), which response directives the gateway follows
+//! ([`targeted`], RFC 9213), the client's directives ([`request`]) and purges
 //! ([`purge`]), and the second tier in Redis ([`shared`]). The outcome reported to clients and metrics is
 //! [`crate::outcome::CacheOutcome`], a vocabulary of its own so that the
 //! metrics sit below the cache.
@@ -9,6 +10,7 @@ pub mod purge;
 pub mod request;
 pub mod shared;
 pub mod storage;
+pub mod targeted;
 
 use std::sync::OnceLock;
 use std::time::Duration;

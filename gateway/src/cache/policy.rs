@@ -3,9 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::header;
-use pingora::cache::cache_control::{
-    CacheControl, Cacheable as CcCacheable, InterpretCacheControl,
-};
+use pingora::cache::cache_control::{Cacheable as CcCacheable, InterpretCacheControl};
 use pingora::cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
 use pingora::cache::key::HashBinary;
 use pingora::cache::{
@@ -13,7 +11,12 @@ use pingora::cache::{
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use super::targeted::Directives;
 use crate::config::{CookieRequests, QueryKey, RouteCache};
+
+/// The longest freshness lifetime kept (a lifetime past what the clock can
+/// count is cut to this).
+const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Statuses that are cacheable by default (RFC 9110 §15.1), where a heuristic
 /// freshness lifetime may apply. 206 is left out: partial content is not stored.
@@ -157,13 +160,24 @@ pub const NO_STORE: &str = "no-store";
 /// No explicit freshness and no heuristic allowed.
 pub const NO_FRESHNESS: &str = "no-freshness";
 
-/// Decides whether `resp` (to `req`), received at `now`, may be stored under
-/// `rule`, and until when.
+/// Decides whether `resp` (to `req`), received at `now` after `delay`
+/// (request sent to response received), may be stored under `rule`, and until
+/// when. `directives` are the response's, as the gateway reads them
+/// ([`Directives::select`]: a targeted field, else `Cache-Control`).
+///
+/// The stored metadata's epoch is the moment the response was new, by this
+/// machine's clock: `now` minus its corrected initial age (RFC 9111 §4.2.3).
+/// So `CacheMeta::age()` (and the `Age` a hit carries) is the corrected
+/// initial age plus the resident time, and `fresh_until` is that epoch plus
+/// the freshness lifetime, whether that lifetime comes from `max-age` or from
+/// `Expires`.
 pub fn decide(
     req: &RequestHeader,
     resp: &ResponseHeader,
     rule: &RouteCache,
+    directives: &Directives,
     now: SystemTime,
+    delay: Duration,
 ) -> RespCacheable {
     let uncacheable = |why: &'static str| RespCacheable::Uncacheable(NoCacheReason::Custom(why));
     let status = resp.status.as_u16();
@@ -180,31 +194,28 @@ pub fn decide(
     if resp.headers.contains_key(header::SET_COOKIE) && !rule.cache_set_cookie {
         return uncacheable(SET_COOKIE);
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    let cc = directives.cc.as_ref();
     if let Some(why) = credentials(req, rule) {
-        if !cc
-            .as_ref()
-            .is_some_and(|cc| cc.allow_caching_authorized_req())
-        {
+        if !cc.is_some_and(|cc| cc.allow_caching_authorized_req()) {
             return uncacheable(why);
         }
     }
-    if cc
-        .as_ref()
-        .is_some_and(|cc| cc.is_cacheable() == CcCacheable::No)
-    {
+    if cc.is_some_and(|cc| cc.is_cacheable() == CcCacheable::No) {
         return uncacheable(NO_STORE);
     }
     // Explicit freshness: s-maxage, max-age (no-cache = 0), then Expires,
     // which counts from the response's own Date (RFC 9111 §4.2.1), not from
-    // this machine's clock: Expires at or before Date is stale on arrival.
-    let explicit = cc.as_ref().and_then(|cc| cc.fresh_duration()).or_else(|| {
-        let date = header_date(resp, header::DATE).unwrap_or(now);
-        calculate_expires_header_time(resp).map(|t| t.duration_since(date).unwrap_or_default())
+    // this machine's clock: Expires at or before Date is stale on arrival. A
+    // targeted field in use replaces Expires too (RFC 9213 §2.2).
+    let date = header_date(resp, header::DATE);
+    let explicit = cc.and_then(|cc| cc.fresh_duration()).or_else(|| {
+        if directives.targeted {
+            return None;
+        }
+        calculate_expires_header_time(resp)
+            .map(|t| t.duration_since(date.unwrap_or(now)).unwrap_or_default())
     });
-    let public = cc
-        .as_ref()
-        .is_some_and(|cc| cc.is_cacheable() == CcCacheable::Yes);
+    let public = cc.is_some_and(|cc| cc.is_cacheable() == CcCacheable::Yes);
     let mut lifetime = match explicit {
         Some(d) => d,
         None if HEURISTIC.contains(&status) || public => match rule.default_ttl {
@@ -218,20 +229,19 @@ pub fn decide(
     if let Some(max) = rule.max_ttl {
         lifetime = lifetime.min(max);
     }
-    let validate_always = cc
-        .as_ref()
-        .is_some_and(|cc| cc.no_cache() || cc.must_revalidate() || cc.proxy_revalidate());
+    let validate_always =
+        cc.is_some_and(|cc| cc.no_cache() || cc.must_revalidate() || cc.proxy_revalidate());
     if let (Some(min), false) = (rule.min_ttl, validate_always) {
         lifetime = lifetime.max(min);
     }
     // RFC 9111 §4.2.3: the response may already have aged on the way here.
     // An Age that is not one non-negative integer makes it stale (§5.1).
-    let age = match age_header(resp) {
-        Ok(age) => age,
-        Err(()) => Duration::MAX,
-    };
-    let fresh_until = if lifetime > age {
-        now + (lifetime - age)
+    let (initial_age, age_valid) = initial_age(resp, date, now, delay);
+    let epoch = now
+        .checked_sub(initial_age)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let fresh_until = if age_valid && lifetime > initial_age {
+        epoch.checked_add(lifetime).unwrap_or(epoch + MAX_LIFETIME)
     } else {
         now - Duration::from_secs(1) // stored, but stale: revalidated on use
     };
@@ -243,13 +253,13 @@ pub fn decide(
     );
     // must-revalidate, proxy-revalidate and s-maxage close the stale windows
     // (Pingora's helper), and so does no-cache: validation before every use.
-    let (swr, sie) = if cc.as_ref().is_some_and(|cc| cc.no_cache()) {
+    let (swr, sie) = if cc.is_some_and(|cc| cc.no_cache()) {
         (0, 0)
     } else {
-        calculate_serve_stale_durations(cc.as_ref(), &defaults)
+        calculate_serve_stale_durations(cc, &defaults)
     };
     let mut header = resp.clone();
-    if let Some(cc) = &cc {
+    if let Some(cc) = cc {
         cc.strip_private_headers(&mut header);
     }
     // Per-connection and per-client fields never go into the shared store:
@@ -258,7 +268,69 @@ pub fn decide(
     if !rule.cache_set_cookie {
         header.remove_header(&header::SET_COOKIE);
     }
-    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+    let mut meta = CacheMeta::new(fresh_until, now, swr, sie, header);
+    meta.set_epoch_override(epoch);
+    RespCacheable::Cacheable(meta)
+}
+
+/// The corrected initial age of a response received at `response_time`
+/// after `delay` (RFC 9111 §4.2.3): the larger of its apparent age
+/// (`response_time - Date`, never negative) and the `Age` it arrived with
+/// plus the response delay. The flag is false when the `Age` field is
+/// invalid (§5.1): the response is then stale, and its age is the apparent one.
+pub fn initial_age(
+    resp: &ResponseHeader,
+    date: Option<SystemTime>,
+    response_time: SystemTime,
+    delay: Duration,
+) -> (Duration, bool) {
+    let apparent = date
+        .and_then(|d| response_time.duration_since(d).ok())
+        .unwrap_or_default();
+    match age_header(resp) {
+        Ok(age) => (apparent.max(age.saturating_add(delay)), true),
+        Err(()) => (apparent, false),
+    }
+}
+
+/// The corrected initial age of `resp`, received at `now` after `delay`
+/// (see [`initial_age`]).
+pub fn age_on_arrival(resp: &ResponseHeader, now: SystemTime, delay: Duration) -> Duration {
+    initial_age(resp, header_date(resp, header::DATE), now, delay).0
+}
+
+/// RFC 9111 §3.2 and §4.3.4: a 304 updates the stored header. Every field of
+/// the 304 replaces the stored field of that name (all its lines), whatever
+/// the name, except the ones the stored response depends on or that belong to
+/// one message: `Content-Length` and the other framing fields, hop-by-hop
+/// fields and those the 304's `Connection` lists (§3.1), and `Vary` (the
+/// stored variance stays as it is).
+pub fn update_from_304(stored: &mut ResponseHeader, not_modified: &ResponseHeader) {
+    let listed = crate::hop_by_hop::connection_listed(&not_modified.headers);
+    let mut done: Vec<&header::HeaderName> = Vec::new();
+    for name in not_modified.headers.keys() {
+        if done.contains(&name)
+            || !updates_stored(name)
+            || crate::hop_by_hop::is_hop_by_hop(name)
+            || listed.contains(name)
+        {
+            continue;
+        }
+        done.push(name);
+        stored.remove_header(name);
+        for value in not_modified.headers.get_all(name) {
+            // A name and value from a parsed header are always valid.
+            let _ = stored.append_header(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Whether a 304's field of this name replaces the stored one (see [`update_from_304`]).
+fn updates_stored(name: &header::HeaderName) -> bool {
+    !(name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONTENT_RANGE
+        || name == header::VARY)
 }
 
 /// A date field (`Date`, `Expires`) as a time, if it is a valid HTTP date.
@@ -301,9 +373,11 @@ pub fn credentials(req: &RequestHeader, rule: &RouteCache) -> Option<&'static st
 }
 
 /// Whether a stored response may answer a request with credentials (see
-/// [`credentials`]): only with `public`, `s-maxage` or `must-revalidate`.
-pub fn may_serve_authorized(meta: &CacheMeta) -> bool {
-    CacheControl::from_resp_headers(meta.response_header())
+/// [`credentials`]): only with `public`, `s-maxage` or `must-revalidate` (in
+/// the directives the gateway follows, see [`Directives::select`]).
+pub fn may_serve_authorized(meta: &CacheMeta, targeted_field: Option<&header::HeaderName>) -> bool {
+    Directives::select(meta.response_header(), targeted_field)
+        .cc
         .is_some_and(|cc| cc.allow_caching_authorized_req())
 }
 
@@ -330,6 +404,22 @@ mod tests {
         r
     }
 
+    fn decide_plain(
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        rule: &RouteCache,
+        now: SystemTime,
+    ) -> RespCacheable {
+        decide(
+            req,
+            resp,
+            rule,
+            &Directives::select(resp, None),
+            now,
+            Duration::ZERO,
+        )
+    }
+
     fn fresh_for(decision: RespCacheable, now: SystemTime) -> Option<i64> {
         match decision {
             RespCacheable::Cacheable(meta) => Some(match meta.fresh_until().duration_since(now) {
@@ -349,9 +439,14 @@ mod tests {
             ("x-hop", "per-connection".into()),
             ("x-kept", "1".into()),
         ]);
-        let RespCacheable::Cacheable(meta) =
-            decide(&req, &resp, &rule("{ enabled: true }"), SystemTime::now())
-        else {
+        let RespCacheable::Cacheable(meta) = decide(
+            &req,
+            &resp,
+            &rule("{ enabled: true }"),
+            &Directives::select(&resp, None),
+            SystemTime::now(),
+            Duration::ZERO,
+        ) else {
             panic!("storable");
         };
         let stored = &meta.response_header().headers;
@@ -366,21 +461,28 @@ mod tests {
         let r = rule("{ enabled: true, default_ttl: 30s }");
         let cc = |v: &str| response(&[("cache-control", v.to_owned())]);
         assert_eq!(
-            fresh_for(decide(&req, &cc("max-age=60"), &r, now), now),
+            fresh_for(decide_plain(&req, &cc("max-age=60"), &r, now), now),
             Some(60)
         );
         assert_eq!(
-            fresh_for(decide(&req, &cc("max-age=60, s-maxage=10"), &r, now), now),
+            fresh_for(
+                decide_plain(&req, &cc("max-age=60, s-maxage=10"), &r, now),
+                now
+            ),
             Some(10)
         );
         // Expires is read against `now`, not the machine's clock.
         let expires = httpdate::fmt_http_date(now + Duration::from_secs(120));
         let resp = response(&[("expires", expires)]);
-        assert_eq!(fresh_for(decide(&req, &resp, &r, now), now), Some(120));
+        assert_eq!(
+            fresh_for(decide_plain(&req, &resp, &r, now), now),
+            Some(120)
+        );
         // An Age the response arrived with is used up already.
         let resp = response(&[("cache-control", "max-age=60".into()), ("age", "45".into())]);
-        assert_eq!(fresh_for(decide(&req, &resp, &r, now), now), Some(15));
-        // RFC 9111 §4.2.1: Expires counts from the response's Date.
+        assert_eq!(fresh_for(decide_plain(&req, &resp, &r, now), now), Some(15));
+        // RFC 9111 §4.2.1: Expires counts from the response's Date; the
+        // response is 100 s old on arrival (§4.2.3, apparent age).
         let date = httpdate::fmt_http_date(now - Duration::from_secs(100));
         let resp = response(&[
             ("date", date.clone()),
@@ -389,26 +491,116 @@ mod tests {
                 httpdate::fmt_http_date(now + Duration::from_secs(20)),
             ),
         ]);
-        assert_eq!(fresh_for(decide(&req, &resp, &r, now), now), Some(120));
+        assert_eq!(fresh_for(decide_plain(&req, &resp, &r, now), now), Some(20));
         let resp = response(&[("date", date.clone()), ("expires", date.clone())]);
         assert!(
-            fresh_for(decide(&req, &resp, &r, now), now).unwrap() < 0,
+            fresh_for(decide_plain(&req, &resp, &r, now), now).unwrap() < 0,
             "Expires = Date: stale"
         );
         // RFC 9111 §5.1: an Age that is not one non-negative integer makes it stale.
         for bad in ["old, 0", "-1", "1.5", ""] {
             let resp = response(&[("cache-control", "max-age=60".into()), ("age", bad.into())]);
             assert!(
-                fresh_for(decide(&req, &resp, &r, now), now).unwrap() < 0,
+                fresh_for(decide_plain(&req, &resp, &r, now), now).unwrap() < 0,
                 "Age {bad:?}"
             );
         }
         // No explicit freshness: the rule's heuristic TTL (200 is heuristically cacheable).
         assert_eq!(
-            fresh_for(decide(&req, &response(&[]), &r, now), now),
+            fresh_for(decide_plain(&req, &response(&[]), &r, now), now),
             Some(30)
         );
-        assert_eq!(fresh_for(decide(&req, &cc("no-store"), &r, now), now), None);
+        assert_eq!(
+            fresh_for(decide_plain(&req, &cc("no-store"), &r, now), now),
+            None
+        );
+    }
+
+    #[test]
+    fn rfc9111_4_2_3_age_is_corrected_initial_age_plus_resident_time() {
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let r = rule("{ enabled: true }");
+        let at = |secs: u64| httpdate::fmt_http_date(now - Duration::from_secs(secs));
+        let age_at = |resp: ResponseHeader, delay: u64, later: u64| match decide(
+            &req,
+            &resp,
+            &r,
+            &Directives::select(&resp, None),
+            now,
+            Duration::from_secs(delay),
+        ) {
+            RespCacheable::Cacheable(meta) => (now + Duration::from_secs(later))
+                .duration_since(meta.epoch())
+                .unwrap()
+                .as_secs(),
+            RespCacheable::Uncacheable(_) => panic!("storable"),
+        };
+        let cc = ("cache-control", "max-age=600".to_owned());
+        // Received Age + response delay, when larger than the apparent age.
+        let resp = response(&[cc.clone(), ("date", at(2)), ("age", "30".into())]);
+        assert_eq!(age_at(resp, 1, 0), 31);
+        // The apparent age (now - Date), when larger; plus resident time.
+        let resp = response(&[cc.clone(), ("date", at(100)), ("age", "30".into())]);
+        assert_eq!(age_at(resp, 1, 3), 103);
+        // A Date in the future counts as no apparent age.
+        let resp = response(&[
+            cc.clone(),
+            (
+                "date",
+                httpdate::fmt_http_date(now + Duration::from_secs(50)),
+            ),
+        ]);
+        assert_eq!(age_at(resp, 0, 3), 3);
+        // Freshness from Expires ages the same way.
+        let resp = response(&[
+            ("date", at(2)),
+            (
+                "expires",
+                httpdate::fmt_http_date(now + Duration::from_secs(598)),
+            ),
+            ("age", "30".into()),
+        ]);
+        assert_eq!(age_at(resp, 0, 3), 33);
+    }
+
+    #[test]
+    fn rfc9111_4_3_4_a_304_replaces_every_stored_field_but_framing() {
+        let mut stored = response(&[
+            ("content-length", "100".into()),
+            ("test-header", "old".into()),
+            ("x-content-foo", "old".into()),
+            ("content-foo", "old".into()),
+            ("vary", "accept".into()),
+            ("x-kept", "1".into()),
+        ]);
+        let mut nm = ResponseHeader::build(304, None).unwrap();
+        for (k, v) in [
+            ("content-length", "0"),
+            ("test-header", "new"),
+            ("x-content-foo", "new"),
+            ("content-foo", "new1"),
+            ("content-foo", "new2"),
+            ("vary", "cookie"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            nm.append_header(k, v).unwrap();
+        }
+        update_from_304(&mut stored, &nm);
+        let h = &stored.headers;
+        assert_eq!(h["content-length"], "100");
+        assert_eq!(h["test-header"], "new");
+        assert_eq!(h["x-content-foo"], "new");
+        let foo: Vec<_> = h.get_all("content-foo").iter().collect();
+        assert_eq!(foo, ["new1", "new2"]);
+        assert_eq!(h["vary"], "accept");
+        assert_eq!(h["x-kept"], "1");
+        for gone in ["connection", "x-hop", "keep-alive", "transfer-encoding"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
     }
 
     #[test]

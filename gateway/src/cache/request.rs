@@ -2,10 +2,12 @@
 
 use std::time::SystemTime;
 
-use http::header;
+use http::header::{self, HeaderName};
 use pingora::cache::cache_control::{CacheControl, DirectiveKey};
 use pingora::cache::{CacheMeta, ForcedFreshness};
 use pingora::http::RequestHeader;
+
+use super::targeted::Directives;
 
 /// The request's `Cache-Control` (or `Pragma: no-cache` without one).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -61,12 +63,14 @@ impl RequestDirectives {
     /// `ForceExpired` when the client wants validation (no-cache, max-age,
     /// min-fresh); `ForceFresh` when it accepts this much staleness (max-stale)
     /// and the response does not forbid serving stale. `now` is the time of
-    /// the request.
+    /// the request; `targeted_field` the gateway's own targeted field (the
+    /// response's directives are read as [`Directives::select`] does).
     pub fn on_hit(
         &self,
         meta: &CacheMeta,
         is_fresh: bool,
         now: SystemTime,
+        targeted_field: Option<&HeaderName>,
     ) -> Option<ForcedFreshness> {
         if self.no_cache {
             return Some(ForcedFreshness::ForceExpired);
@@ -90,7 +94,9 @@ impl RequestDirectives {
             let stale_for = now
                 .duration_since(meta.fresh_until())
                 .map_or(0, |d| d.as_secs());
-            if limit.is_none_or(|n| stale_for <= u64::from(n)) && may_serve_stale(meta) {
+            if limit.is_none_or(|n| stale_for <= u64::from(n))
+                && may_serve_stale(meta, targeted_field)
+            {
                 return Some(ForcedFreshness::ForceFresh);
             }
         }
@@ -100,8 +106,8 @@ impl RequestDirectives {
 
 /// must-revalidate, proxy-revalidate, s-maxage and no-cache forbid serving stale
 /// whatever the client accepts (RFC 9111 §4.2.4, §5.2.2).
-fn may_serve_stale(meta: &CacheMeta) -> bool {
-    let Some(cc) = CacheControl::from_resp_headers(meta.response_header()) else {
+fn may_serve_stale(meta: &CacheMeta, targeted_field: Option<&HeaderName>) -> bool {
+    let Some(cc) = Directives::select(meta.response_header(), targeted_field).cc else {
         return true;
     };
     !(cc.must_revalidate()

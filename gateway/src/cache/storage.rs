@@ -55,7 +55,9 @@ struct Entry {
     header_bytes: u64,
     fresh_until: SystemTime,
     created: SystemTime,
-    updated: SystemTime,
+    /// When the response was new (its age counts from here: RFC 9111 §4.2.3,
+    /// see `policy::decide`).
+    epoch: SystemTime,
     swr: u32,
     sie: u32,
     variance: Option<HashBinary>,
@@ -84,7 +86,7 @@ impl Entry {
             header_bytes,
             fresh_until: meta.fresh_until(),
             created: meta.created(),
-            updated: meta.updated(),
+            epoch: meta.epoch(),
             swr: meta.stale_while_revalidate_sec(),
             sie: meta.stale_if_error_sec(),
             variance: meta.variance(),
@@ -104,10 +106,7 @@ impl Entry {
         if let Some(v) = self.variance {
             meta.set_variance(v);
         }
-        if self.updated != self.created {
-            // Age counts from the last revalidation.
-            meta.set_epoch_override(self.updated);
-        }
+        meta.set_epoch_override(self.epoch);
         meta
     }
 

@@ -244,6 +244,25 @@ routes:
     }
 
     #[test]
+    fn the_targeted_field_is_a_name_of_its_own_or_empty() {
+        let c = from_yaml_str(BASE).unwrap();
+        assert_eq!(
+            c.cache.targeted_field.as_ref().map(|n| n.as_str()),
+            Some("gateway-cache-control")
+        );
+        assert!(!c.cache.forward_targeted);
+        let c = from_yaml_str(&format!("{BASE}\ncache: {{ targeted_field: \"\" }}")).unwrap();
+        assert_eq!(c.cache.targeted_field, None);
+        for bad in ["CDN-Cache-Control", "cache-control", "Bad Name"] {
+            let got = err(&format!("{BASE}\ncache: {{ targeted_field: \"{bad}\" }}"));
+            assert!(
+                got.contains("<yaml>: cache.targeted_field: "),
+                "{bad}: {got}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_fill_what_the_file_leaves_out() {
         let c = from_yaml_str(BASE).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");

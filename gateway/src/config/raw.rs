@@ -29,6 +29,8 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "access_log",
     "upstreams",
     "cache",
+    "tls",
+    "compression",
     "shared",
     "routes",
 ];
@@ -64,6 +66,10 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     /// The shared response cache.
     pub cache: RawCache,
+    /// HTTPS listeners (rustls; HTTP/2 by ALPN); absent = plain HTTP only.
+    pub tls: Option<RawTls>,
+    /// Response compression on the way out (after the cache).
+    pub compression: RawCompression,
     /// Redis shared by several gateway instances (second cache tier, purge
     /// fan-out, shared rate limits).
     pub shared: RawShared,
@@ -87,8 +93,97 @@ impl Default for RawConfig {
             access_log: RawAccessLog::default(),
             upstreams: BTreeMap::new(),
             cache: RawCache::default(),
+            tls: None,
+            compression: RawCompression::default(),
             shared: RawShared::default(),
             routes: Vec::new(),
+        }
+    }
+}
+
+/// `tls:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// HTTPS listeners, `host:port` each. Needs a restart to change.
+    pub listen: Vec<String>,
+    /// PEM certificate chains and keys; chosen by SNI from the names in each
+    /// certificate (the first pair answers clients without a known name).
+    pub certificates: Vec<RawCertificate>,
+    /// Lowest TLS version accepted: `"1.2"` or `"1.3"`.
+    pub min_version: String,
+    /// Deadline for a client's TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// The plain listener answers `308` to the same URL on HTTPS (except ACME
+    /// challenges and `ready_path`).
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security` on HTTPS responses; absent = none.
+    pub hsts: Option<RawHsts>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0:443".into()],
+            certificates: Vec::new(),
+            min_version: "1.2".into(),
+            handshake_timeout: Duration::from_secs(10),
+            redirect_http: false,
+            hsts: None,
+        }
+    }
+}
+
+/// `compression:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCompression {
+    /// Whether responses are compressed for clients that ask (off by default).
+    pub enabled: bool,
+    /// Codings offered, preferred first among equal `Accept-Encoding` q-values:
+    /// `br`, `gzip`, `zstd`.
+    pub algorithms: Vec<String>,
+    /// Bodies shorter than this (by `Content-Length`) are sent as they are.
+    pub min_size: Size,
+}
+
+impl Default for RawCompression {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            algorithms: vec!["br".into(), "gzip".into(), "zstd".into()],
+            min_size: Size(1024),
+        }
+    }
+}
+
+/// `tls.certificates[i]:`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// `tls.hsts:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawHsts {
+    /// `max-age`, whole seconds.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Add `includeSubDomains`.
+    pub include_subdomains: bool,
+}
+
+impl Default for RawHsts {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(180 * 86_400),
+            include_subdomains: false,
         }
     }
 }
@@ -132,6 +227,8 @@ pub struct RawClient {
     /// How long an idle client connection is kept open.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// Concurrent HTTP/2 streams (requests) per connection at most.
+    pub h2_max_streams: u32,
 }
 
 impl Default for RawClient {
@@ -143,6 +240,7 @@ impl Default for RawClient {
             header_timeout: Duration::from_secs(10),
             max_body_size: Size(10 << 20),
             keepalive_timeout: Duration::from_secs(60),
+            h2_max_streams: 100,
         }
     }
 }
@@ -348,6 +446,11 @@ pub struct RawCache {
     /// Pass `Surrogate-Key` / `Cache-Tag` on to clients (on every route; a
     /// cache rule's own `keep_surrogate_keys` overrides it).
     pub keep_surrogate_keys: bool,
+    /// The gateway's own targeted cache-control field (RFC 9213), which takes
+    /// precedence over `CDN-Cache-Control`; empty: none.
+    pub targeted_field: String,
+    /// Pass the gateway's targeted field on to clients.
+    pub forward_targeted: bool,
     /// The second cache tier, in `shared.redis`.
     pub shared: RawCacheShared,
 }
@@ -431,6 +534,8 @@ impl Default for RawCache {
             status_key: false,
             lock_timeout: Duration::from_secs(5),
             keep_surrogate_keys: false,
+            targeted_field: "Gateway-Cache-Control".into(),
+            forward_targeted: false,
             shared: RawCacheShared::default(),
         }
     }
@@ -453,6 +558,9 @@ pub struct RawRoute {
     pub cache: Option<RawRouteCache>,
     /// Concurrency, queue and rate limits.
     pub limits: RawRouteLimits,
+    /// `false` turns response compression off on this route (default: on
+    /// when `compression.enabled`).
+    pub compression: Option<bool>,
 }
 
 /// `routes[i].match:`

@@ -12,6 +12,8 @@ pub trait Resolve {
     fn read_secret(&self, path: &str) -> std::io::Result<String>;
     /// The memory this process may use, in bytes.
     fn memory_limit(&self) -> Option<u64>;
+    /// The contents of a file the configuration names (TLS certificates and keys).
+    fn read_file(&self, path: &str) -> std::io::Result<Vec<u8>>;
 }
 
 /// The running system: DNS, the file system, cgroups and `/proc/meminfo`.
@@ -27,6 +29,9 @@ impl Resolve for System {
     }
     fn memory_limit(&self) -> Option<u64> {
         memory_limit()
+    }
+    fn read_file(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
     }
 }
 

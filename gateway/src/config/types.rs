@@ -47,6 +47,10 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Shared cache.
     pub cache: Cache,
+    /// HTTPS listeners and certificates.
+    pub tls: Option<Tls>,
+    /// Response compression.
+    pub compression: Compression,
     /// Redis shared by several instances (`None`: not configured).
     pub redis: Option<Redis>,
     /// Routes in file order (first match wins).
@@ -79,6 +83,47 @@ pub struct ClientLimits {
     pub max_body_size: u64,
     /// Idle keep-alive time.
     pub keepalive_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_streams: u32,
+}
+
+/// `compression:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    /// On for routes that do not turn it off.
+    pub enabled: bool,
+    /// Codings offered, preferred first.
+    pub algorithms: Vec<crate::compression::Encoding>,
+    /// Smaller bodies (by `Content-Length`) stay as they are.
+    pub min_size: u64,
+}
+
+/// Lowest TLS protocol version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// `tls:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// HTTPS listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Loaded certificates, chosen by SNI.
+    pub certificates: crate::certs::CertStore,
+    /// Lowest version accepted.
+    pub min_version: TlsVersion,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// The plain listener redirects to HTTPS.
+    pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value, when configured.
+    pub hsts: Option<http::HeaderValue>,
+    /// Port of the first HTTPS listener (the redirect target's port).
+    pub https_port: u16,
 }
 
 /// `admin:`
@@ -214,6 +259,11 @@ pub struct Cache {
     /// Pass `Surrogate-Key` / `Cache-Tag` on to clients on routes without a
     /// cache rule of their own saying otherwise.
     pub keep_surrogate_keys: bool,
+    /// The gateway's own targeted cache-control field (RFC 9213), first in
+    /// its target list before `CDN-Cache-Control`; `None`: disabled.
+    pub targeted_field: Option<http::HeaderName>,
+    /// Pass the gateway's targeted field on to clients (else it is removed).
+    pub forward_targeted: bool,
     /// The second tier in Redis (`None`: off).
     pub shared: Option<SharedCache>,
 }
@@ -375,4 +425,6 @@ pub struct Route {
     pub cache: Option<RouteCache>,
     /// Limits.
     pub limits: RouteLimits,
+    /// Responses may be compressed (with `compression.enabled`).
+    pub compression: bool,
 }

@@ -75,6 +75,31 @@ impl Checker {
     }
 }
 
+/// `cache.targeted_field`: a field name of its own (RFC 9213 §2), or empty.
+fn targeted_field(c: &mut Checker, name: &str) -> Option<http::HeaderName> {
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(n) if n == http::header::CACHE_CONTROL || n == "cdn-cache-control" => {
+            c.fail(
+                "cache.targeted_field",
+                format!("{name:?} is a field every cache reads: name one for this gateway (e.g. Gateway-Cache-Control), or \"\" for none"),
+            );
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            c.fail(
+                "cache.targeted_field",
+                format!("{name:?} is not a header field name (letters, digits, '-')"),
+            );
+            None
+        }
+    }
+}
+
 /// `10.0.0.0/8`, `::1/128`, or a bare address (a /32 or /128).
 fn parse_net(s: &str) -> Option<IpNet> {
     let s = s.trim();
@@ -147,7 +172,11 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         header_timeout: c.positive("client.header_timeout", rc.header_timeout),
         max_body_size: rc.max_body_size.as_u64(),
         keepalive_timeout: rc.keepalive_timeout,
+        h2_max_streams: rc.h2_max_streams,
     };
+    if rc.h2_max_streams == 0 {
+        c.fail("client.h2_max_streams", "must be > 0");
+    }
 
     let admin_listen = c.addr("admin.listen", &raw.admin.listen);
     let token = admin_token(&mut c, &raw.admin, world);
@@ -204,6 +233,8 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         status_key: rcache.status_key,
         lock_timeout: c.positive("cache.lock_timeout", rcache.lock_timeout),
         keep_surrogate_keys: rcache.keep_surrogate_keys,
+        targeted_field: targeted_field(&mut c, &rcache.targeted_field),
+        forward_targeted: rcache.forward_targeted,
         shared: None,
     };
     let mut cache = cache;
@@ -231,6 +262,12 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
             max_object_size: size,
         });
     }
+
+    let compression = compression(&mut c, &raw.compression);
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| tls(&mut c, t, listen, admin_listen, world));
 
     if raw.routes.is_empty() {
         c.fail("routes", "at least one route is needed");
@@ -287,9 +324,139 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         },
         upstreams,
         cache,
+        tls,
+        compression,
         redis,
         routes,
         source,
+    })
+}
+
+/// `compression:`: known, distinct codings.
+fn compression(c: &mut Checker, rc: &raw::RawCompression) -> Compression {
+    let mut algorithms = Vec::with_capacity(rc.algorithms.len());
+    for (i, name) in rc.algorithms.iter().enumerate() {
+        match crate::compression::Encoding::parse(name) {
+            Some(e) if algorithms.contains(&e) => c.fail(
+                format!("compression.algorithms[{i}]"),
+                format!("{name:?} is listed twice"),
+            ),
+            Some(e) => algorithms.push(e),
+            None => c.fail(
+                format!("compression.algorithms[{i}]"),
+                format!("{name:?} is not one of br, gzip, zstd"),
+            ),
+        }
+    }
+    if rc.enabled && rc.algorithms.is_empty() {
+        c.fail(
+            "compression.algorithms",
+            "needs at least one of br, gzip, zstd",
+        );
+    }
+    Compression {
+        enabled: rc.enabled,
+        algorithms,
+        min_size: rc.min_size.as_u64(),
+    }
+}
+
+/// `tls:`: listeners, certificates (read and parsed here, so that a broken
+/// file refuses the configuration), version and HSTS.
+fn tls(
+    c: &mut Checker,
+    t: &raw::RawTls,
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    world: &dyn Resolve,
+) -> Option<Tls> {
+    let mut addrs = Vec::with_capacity(t.listen.len());
+    if t.listen.is_empty() {
+        c.fail("tls.listen", "needs at least one address");
+    }
+    for (i, a) in t.listen.iter().enumerate() {
+        let key = format!("tls.listen[{i}]");
+        if let Some(a) = c.addr(&key, a) {
+            if Some(a) == listen || Some(a) == admin || addrs.contains(&a) {
+                c.fail(key, format!("{a} is already a listener of this file"));
+            }
+            addrs.push(a);
+        }
+    }
+    if t.certificates.is_empty() {
+        c.fail("tls.certificates", "needs at least one {cert, key} pair");
+    }
+    let mut files = Vec::with_capacity(t.certificates.len());
+    for (i, pair) in t.certificates.iter().enumerate() {
+        let mut read = |field: &str, path: &str| match world.read_file(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                c.fail(
+                    format!("tls.certificates[{i}].{field}"),
+                    format!("cannot read {path:?}: {e}"),
+                );
+                None
+            }
+        };
+        let cert = read("cert", &pair.cert);
+        let key = read("key", &pair.key);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            files.push((i, pair, cert, key));
+        }
+    }
+    let pems: Vec<_> = files
+        .iter()
+        .map(|(_, p, cert, key)| crate::certs::PemPair {
+            cert_path: &p.cert,
+            cert_pem: cert,
+            key_path: &p.key,
+            key_pem: key,
+        })
+        .collect();
+    let store = if files.len() == t.certificates.len() && !files.is_empty() {
+        match crate::certs::CertStore::load(&pems) {
+            Ok(s) => Some(s),
+            Err(errors) => {
+                for (i, msg) in errors {
+                    c.fail(format!("tls.certificates[{}]", files[i].0), msg);
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let min_version = match t.min_version.trim() {
+        "1.2" => Some(TlsVersion::Tls12),
+        "1.3" => Some(TlsVersion::Tls13),
+        other => {
+            c.fail(
+                "tls.min_version",
+                format!("{other:?} is not \"1.2\" or \"1.3\""),
+            );
+            None
+        }
+    };
+    let handshake_timeout = c.positive("tls.handshake_timeout", t.handshake_timeout);
+    let hsts = t.hsts.as_ref().and_then(|h| {
+        if h.max_age.subsec_nanos() != 0 {
+            c.fail("tls.hsts.max_age", "must be a whole number of seconds");
+            return None;
+        }
+        let mut v = format!("max-age={}", h.max_age.as_secs());
+        if h.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        http::HeaderValue::from_str(&v).ok()
+    });
+    Some(Tls {
+        https_port: addrs.first().map_or(443, |a| a.port()),
+        listen: addrs,
+        certificates: store?,
+        min_version: min_version?,
+        handshake_timeout,
+        redirect_http: t.redirect_http,
+        hsts,
     })
 }
 
@@ -808,6 +975,7 @@ fn route(
         allow_from,
         cache,
         limits,
+        compression: rr.compression.unwrap_or(true),
     })
 }
 
@@ -837,6 +1005,9 @@ mod tests {
         }
         fn memory_limit(&self) -> Option<u64> {
             Some(2 << 30)
+        }
+        fn read_file(&self, _path: &str) -> std::io::Result<Vec<u8>> {
+            Err(std::io::ErrorKind::NotFound.into())
         }
     }
 

@@ -3,19 +3,30 @@
 
 use std::time::SystemTime;
 
-use http::{header, Method};
-use pingora::cache::key::HashBinary;
-use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, RespCacheable};
+use http::{header, HeaderName, Method};
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, ForcedFreshness, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use super::Ctx;
+use crate::cache::targeted::Directives;
 use crate::cache::{self, policy, CacheOutcome};
 use crate::config::RouteCache;
 
 fn rule(ctx: &Ctx) -> Option<&RouteCache> {
     let (snap, route) = ctx.routed()?;
     snap.config.routes[route].cache.as_ref()
+}
+
+/// The gateway's own targeted cache-control field, if configured.
+fn targeted_field(ctx: &Ctx) -> Option<&HeaderName> {
+    ctx.snapshot
+        .as_deref()?
+        .config
+        .cache
+        .targeted_field
+        .as_ref()
 }
 
 /// Turns the cache on for GET and HEAD on routes with a cache rule, unless a
@@ -65,7 +76,36 @@ pub(super) fn variance(meta: &CacheMeta, req: &RequestHeader, ctx: &Ctx) -> Opti
     policy::variance(meta, req, rule(ctx)?)
 }
 
-/// Whether (and until when) the upstream response is stored.
+/// Keeps a 304 that answers a revalidation: its fields update the stored
+/// header ([`storable`]) and the response served ([`apply_304`]). A 304
+/// without `Date` gets the time it arrived (RFC 9110 §6.6.1), so that the
+/// refreshed response's age counts from now, not from the stored `Date`.
+pub(super) fn note_304(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) {
+    if resp.status != http::StatusCode::NOT_MODIFIED
+        || !ctx.cache.enabled
+        || session.cache.maybe_cache_meta().is_none()
+    {
+        return;
+    }
+    let mut not_modified = resp.clone();
+    if !not_modified.headers.contains_key(header::DATE) {
+        let _ =
+            not_modified.insert_header(header::DATE, httpdate::fmt_http_date(SystemTime::now()));
+    }
+    ctx.cache.not_modified = Some(Box::new(not_modified));
+}
+
+/// A response served after a 304 carries the 304's fields (RFC 9111 §4.3.4),
+/// also when the refreshed response could not be stored again.
+pub(super) fn apply_304(resp: &mut ResponseHeader, ctx: &Ctx) {
+    if let Some(not_modified) = ctx.cache.not_modified.as_deref() {
+        policy::update_from_304(resp, not_modified);
+    }
+}
+
+/// Whether (and until when) the upstream response is stored. After a 304,
+/// `resp` is Pingora's merge of it into the stored header (which takes only a
+/// few fields): every field of the 304 is applied to it first.
 pub(super) fn storable(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
     let Some(rule) = rule(ctx) else {
         return RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled);
@@ -76,7 +116,34 @@ pub(super) fn storable(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) 
             "request-no-store",
         ));
     }
-    let decision = policy::decide(session.req_header(), resp, rule, SystemTime::now());
+    let merged;
+    let resp = match ctx.cache.not_modified.as_deref() {
+        Some(not_modified) => {
+            let mut m = resp.clone();
+            policy::update_from_304(&mut m, not_modified);
+            merged = m;
+            &merged
+        }
+        None => resp,
+    };
+    // The response delay of RFC 9111 §4.2.3: request sent to header received.
+    let delay = ctx.upstream_elapsed.unwrap_or_default();
+    let directives = Directives::select(resp, targeted_field(ctx));
+    if directives.invalid > 0 {
+        if let Some((snap, route)) = ctx.routed() {
+            snap.routes[route]
+                .metrics
+                .invalid_targeted(directives.invalid);
+        }
+    }
+    let decision = policy::decide(
+        session.req_header(),
+        resp,
+        rule,
+        &directives,
+        SystemTime::now(),
+        delay,
+    );
     ctx.cache.stored = matches!(decision, RespCacheable::Cacheable(_));
     decision
 }
@@ -93,13 +160,14 @@ pub(super) fn on_hit(
 ) -> Option<ForcedFreshness> {
     ctx.cache.shared_hit = cache::storage::is_shared_hit(hit);
     let credentialed = rule(ctx).and_then(|r| policy::credentials(session.req_header(), r));
-    if credentialed.is_some() && !policy::may_serve_authorized(meta) {
+    let field = targeted_field(ctx);
+    if credentialed.is_some() && !policy::may_serve_authorized(meta, field) {
         return Some(ForcedFreshness::ForceMiss);
     }
     let forced = ctx
         .cache
         .directives
-        .on_hit(meta, is_fresh, SystemTime::now());
+        .on_hit(meta, is_fresh, SystemTime::now(), field);
     ctx.cache.by_request = forced == Some(ForcedFreshness::ForceExpired) && is_fresh;
     forced
 }
@@ -150,6 +218,19 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
         CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Stale => {
             let meta = session.cache.cache_meta();
             let now = SystemTime::now();
+            // RFC 9111 §4.2.3: corrected initial age + resident time (the
+            // epoch is set by `policy::decide`). Pingora writes it on hits
+            // only; a revalidated response gets it here too. One revalidated
+            // but not stored again (the 304 made it uncacheable) is as old
+            // as that 304.
+            let age = match (session.cache.phase(), ctx.cache.not_modified.as_deref()) {
+                (CachePhase::RevalidatedNoCache(_), Some(not_modified)) => {
+                    let delay = ctx.upstream_elapsed.unwrap_or_default();
+                    policy::age_on_arrival(not_modified, now, delay)
+                }
+                _ => now.duration_since(meta.epoch()).unwrap_or_default(),
+            };
+            resp.insert_header(header::AGE, age.as_secs())?;
             Some(match meta.fresh_until().duration_since(now) {
                 Ok(left) => left.as_secs() as i64,
                 Err(past) => -(past.duration().as_secs() as i64),
@@ -171,6 +252,13 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
         .is_some_and(|(snap, _)| snap.config.cache.status_key);
     let key = show_key
         .then(|| String::from_utf8_lossy(session.cache.cache_key().primary_key()).into_owned());
+    // Pingora gives a key a variance only after it found a response stored
+    // for the URI whose variance differs: a miss then is a Vary miss.
+    let vary_miss = matches!(outcome, CacheOutcome::Miss | CacheOutcome::Uncacheable)
+        && session
+            .cache
+            .maybe_cache_key()
+            .is_some_and(|k| k.variance_bin().is_some());
     let mut value = outcome.cache_status(
         ttl,
         stored,
@@ -178,6 +266,7 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
         detail,
         key.as_deref(),
         ctx.cache.by_request,
+        vary_miss,
     );
     if session.cache.lock_duration().is_some() && outcome == CacheOutcome::Hit {
         // Waited for another request to fill the entry (RFC 9211 `collapsed`).

@@ -14,6 +14,9 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         Some((snap, route)) => &*snap.routes[route].metrics,
         None => &*UNROUTED,
     };
+    if status > 0 {
+        crate::metrics::request_protocol(session.req_header().version, ctx.tls);
+    }
     if status > 0 && !ctx.probe {
         metrics.request(&session.req_header().method, status, ctx.cache.outcome);
         metrics.duration(status, ctx.cache.outcome, elapsed.as_secs_f64());
@@ -23,16 +26,16 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &Ctx) {
             let req = session.req_header();
             let ms = access_log::Millis;
             access_log::log(&access_log::Line {
-                time: access_log::now_rfc3339(),
+                time: access_log::Now,
                 request_id: ctx.request_id(),
-                client: ctx.client.ip.to_string(),
+                client: ctx.client.ip,
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 status,
                 bytes: session.body_bytes_sent(),
                 duration_ms: ms(elapsed),
                 route: ctx.routed().map(|(s, r)| s.config.routes[r].name.as_str()),
-                upstream: ctx.peer.as_ref().map(|p| p.to_string()),
+                upstream: ctx.peer.as_ref().map(|p| access_log::Shown(p)),
                 upstream_ms: ctx.upstream_elapsed.map(ms),
                 queue_ms: ctx.queue_wait.map(ms),
                 cache: ctx.cache.outcome.map(|o| o.label()),

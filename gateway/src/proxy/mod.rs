@@ -49,6 +49,8 @@ pub struct Ctx {
     route: Option<usize>,
     /// Who sent the request (socket peer, trusted-proxy headers).
     client: Client,
+    /// The request came over TLS (a `tls.listen` listener).
+    tls: bool,
     /// Request body bytes seen so far.
     body_bytes: u64,
     /// Concurrency slots, once admitted.
@@ -92,6 +94,8 @@ pub struct CacheCtx {
     by_request: bool,
     /// A bypass condition of the rule held.
     bypassed: bool,
+    /// The 304 that answered a revalidation (its fields update the stored response).
+    not_modified: Option<Box<ResponseHeader>>,
     /// The hit came from the shared tier (memory had missed).
     shared_hit: bool,
 }
@@ -112,6 +116,12 @@ impl Ctx {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// Our compression module instead of Pingora's (q-values, no-transform,
+    /// ranges, min_size; see [`crate::compression`]).
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        modules.add_module(Box::new(crate::compression::CompressBuilder));
+    }
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             request_id: HeaderValue::from_static(""),
@@ -122,6 +132,7 @@ impl ProxyHttp for Gateway {
                 peer_trusted: false,
                 ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             },
+            tls: false,
             body_bytes: 0,
             slots: None,
             peer: None,
@@ -246,10 +257,11 @@ impl ProxyHttp for Gateway {
     /// (see [`upstream::classify`] for overload answers).
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        cache::note_304(session, upstream_response, ctx);
         let outcome = upstream::classify(upstream_response);
         upstream::record_outcome(ctx, outcome);
         if upstream_response.status.as_u16() >= 500 {
@@ -267,9 +279,12 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        cache::apply_304(upstream_response, ctx);
         response::prepare_response(session, upstream_response, ctx)?;
         cache::invalidate(session, upstream_response, ctx);
-        cache::annotate(session, upstream_response, ctx)
+        cache::annotate(session, upstream_response, ctx)?;
+        crate::client::keep_date(session, upstream_response);
+        Ok(())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -45,6 +45,7 @@ pub(super) fn identify(shared: &Shared, session: &Session, ctx: &mut Ctx) {
         &session.req_header().headers,
     );
     ctx.snapshot = Some(snap);
+    ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
 }
 
 /// `GET ready_path` on the main listener: 200 while serving, 503 once
@@ -111,6 +112,11 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
         response::respond_error(session, ctx, GatewayError::BadPath).await?;
         return Ok(true);
     }
+    if redirect_to_https(session, ctx, &snap).await? {
+        return Ok(true);
+    }
+    let req = session.req_header();
+    let path = req.uri.path();
     // RFC 9112 §3.2.2: the authority of an absolute-form target wins over Host.
     let host = req
         .uri
@@ -121,6 +127,16 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
         return Ok(true);
     };
     ctx.route = Some(i);
+    let compression = &snap.config.compression;
+    if compression.enabled && snap.config.routes[i].compression {
+        let req = session.downstream_session.req_header();
+        if let Some(module) = session
+            .downstream_modules_ctx
+            .get_mut::<crate::compression::Compress>()
+        {
+            module.configure(req, &compression.algorithms, compression.min_size);
+        }
+    }
     if let Some(allowed) = &snap.config.routes[i].allow_from {
         if !allowed.iter().any(|n| n.contains(&ctx.client.ip)) {
             response::respond_error(session, ctx, GatewayError::Forbidden).await?;
@@ -149,6 +165,53 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
         }
     }
     Ok(false)
+}
+
+/// ACME HTTP-01 challenges must stay reachable over plain HTTP.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// `tls.redirect_http`: a plain-HTTP request gets `308` to the same URL on
+/// HTTPS (the port of `tls.listen[0]`, left out when 443). ACME challenges are
+/// exempt (the readiness path is answered before this). A request without a
+/// usable host is served as usual. Returns `Ok(true)` when it answered.
+async fn redirect_to_https(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    snap: &crate::state::Snapshot,
+) -> Result<bool> {
+    let Some(tls) = snap.config.tls.as_ref().filter(|t| t.redirect_http) else {
+        return Ok(false);
+    };
+    let req = session.req_header();
+    if ctx.tls || req.uri.path().starts_with(ACME_CHALLENGE) {
+        return Ok(false);
+    }
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(header::HOST)?.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return Ok(false);
+    };
+    let mut location = format!("https://{}", host.host());
+    if tls.https_port != 443 {
+        location.push_str(&format!(":{}", tls.https_port));
+    }
+    location.push_str(
+        req.uri
+            .path_and_query()
+            .map_or(req.uri.path(), |pq| pq.as_str()),
+    );
+    let mut header = crate::error::json_header(308, ctx.request_id(), 0)?;
+    header.remove_header(&header::CONTENT_TYPE);
+    header.insert_header(header::LOCATION, location)?;
+    crate::metrics::https_redirect();
+    session
+        .write_response_header(Box::new(header), true)
+        .await?;
+    Ok(true)
 }
 
 /// Whom a rate limit counts a request against: the key header's value, or

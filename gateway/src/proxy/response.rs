@@ -13,7 +13,9 @@ use crate::request_id;
 const TAG_HEADERS: [&str; 2] = ["surrogate-key", "cache-tag"];
 
 /// Headers of every proxied (or cached) response: hop-by-hop ones gone, purge
-/// tags gone (unless `keep_surrogate_keys`), request id set.
+/// tags gone (unless `keep_surrogate_keys`), the gateway's own targeted
+/// cache-control field gone (unless `cache.forward_targeted`: it is meant for
+/// this gateway; `CDN-Cache-Control` stays, for a CDN in front), request id set.
 pub(super) fn prepare_response(
     _session: &Session,
     resp: &mut ResponseHeader,
@@ -31,7 +33,29 @@ pub(super) fn prepare_response(
             resp.remove_header(h);
         }
     }
+    if let Some(snap) = ctx.snapshot.as_deref() {
+        let cache = &snap.config.cache;
+        if let (Some(field), false) = (&cache.targeted_field, cache.forward_targeted) {
+            resp.remove_header(field);
+        }
+    }
     resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    add_hsts(resp, ctx)
+}
+
+/// `tls.hsts` on responses to HTTPS requests.
+fn add_hsts(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    if !ctx.tls {
+        return Ok(());
+    }
+    let hsts = ctx
+        .snapshot
+        .as_deref()
+        .and_then(|s| s.config.tls.as_ref())
+        .and_then(|t| t.hsts.clone());
+    if let Some(v) = hsts {
+        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v)?;
+    }
     Ok(())
 }
 
@@ -77,6 +101,7 @@ async fn respond_error_with(
     let body = err.body(ctx.request_id());
     let mut header = err.header(ctx.request_id(), body.len())?;
     extra(&mut header)?;
+    add_hsts(&mut header, ctx)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(header), head_only)

@@ -112,7 +112,8 @@ pub(super) fn prepare_request(session: &Session, req: &mut RequestHeader, ctx: &
         hop_by_hop::strip_request(req);
     }
     req.insert_header(request_id::HEADER, ctx.request_id.clone())?;
-    ctx.client.set_headers(req, "http")?;
+    ctx.client
+        .set_headers(req, if ctx.tls { "https" } else { "http" })?;
     forward_range(session, req, ctx)?;
     Ok(())
 }

@@ -169,12 +169,14 @@ impl Drop for Origin {
 
 /// `/resp...?status=200&size=10&h=Name:Value&...`: a response built from the query
 /// (percent-decoded), its body `size` bytes of `x`; with `inm304`, a request whose
-/// `If-None-Match` equals the scripted `ETag` gets 304; `delay=ms` answers late;
+/// `If-None-Match` equals the scripted `ETag` gets 304, whose `h304=Name:Value`
+/// fields replace the scripted ones of that name; `delay=ms` answers late;
 /// `failable` answers 500 while [`Origin::healthy`] is false.
 async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     let mut status = 200u16;
     let mut size = 5usize;
     let mut headers = Vec::new();
+    let mut headers_304: Vec<(String, String)> = Vec::new();
     let mut honour_inm = false;
     let mut delay_ms = 0u64;
     let mut hold = false;
@@ -194,6 +196,10 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
                 let (name, value) = v.split_once(':').unwrap();
                 headers.push((name.trim().to_owned(), value.trim().to_owned()));
             }
+            "h304" => {
+                let (name, value) = v.split_once(':').unwrap();
+                headers_304.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
             _ => {}
         }
     }
@@ -210,6 +216,8 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     if honour_inm && etag.is_some() && inm == etag {
         status = 304;
         size = 0;
+        headers.retain(|(k, _)| !headers_304.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)));
+        headers.extend(headers_304);
     }
     // A `bytes=a-b` Range gets a 206 of that slice.
     let range = seen
@@ -754,14 +762,24 @@ impl Load {
 /// every tool) the test fails; elsewhere it says it was skipped and the caller
 /// returns early. The one place where a tool-dependent test decides that.
 pub fn require_tool(name: &str) -> bool {
+    require_tool_with(name, "--version")
+}
+
+/// [`require_tool`] for a tool that answers `name version_arg` instead
+/// (`openssl version`).
+pub fn require_tool_with(name: &str, version_arg: &str) -> bool {
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-    require_tool_under(name, ci)
+    require_tool_under_with(name, version_arg, ci)
 }
 
 /// [`require_tool`] with the CI decision made by the caller (for its own test).
 pub fn require_tool_under(name: &str, ci: bool) -> bool {
+    require_tool_under_with(name, "--version", ci)
+}
+
+fn require_tool_under_with(name: &str, version_arg: &str, ci: bool) -> bool {
     let found = Command::new(name)
-        .arg("--version")
+        .arg(version_arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
