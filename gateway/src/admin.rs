@@ -162,6 +162,9 @@ impl ServeHttp for AdminApp {
                     v["in_flight"] = serde_json::Value::Object(in_flight);
                     let ups: Vec<_> = snap.upstreams.iter().map(|p| p.status()).collect();
                     v["upstreams"] = serde_json::to_value(ups).unwrap_or_default();
+                    if let Some(redis) = crate::shared::get() {
+                        v["shared_redis"] = redis.status();
+                    }
                     json_value(StatusCode::OK, &v)
                 }
                 Err(denied) => denied.response(&id),
@@ -280,6 +283,9 @@ fn publish(snap: &Snapshot) {
     if let Some(store) = crate::cache::store() {
         metrics::publish_cache(store.len() as u64, store.weight(), store.capacity());
     }
+    if let Some(redis) = crate::shared::get() {
+        metrics::publish_shared(redis.state(), redis.channel_up());
+    }
 }
 
 /// `GET /cache/stats`.
@@ -365,8 +371,16 @@ impl AdminApp {
                 )
             }
         };
-        match crate::cache::purge::execute(&req, &self.shared.snapshot()) {
-            Ok(n) => json_value(StatusCode::OK, &serde_json::json!({ "purged": n })),
+        match crate::cache::purge::execute(&req, &self.shared.snapshot()).await {
+            Ok(p) => {
+                let mut v = serde_json::json!({ "purged": p.local });
+                if let Some(shared) = p.shared {
+                    // false: Redis did not take it (other instances and the
+                    // shared tier still hold what was purged here).
+                    v["shared"] = serde_json::Value::Bool(shared);
+                }
+                json_value(StatusCode::OK, &v)
+            }
             Err(msg) => error(StatusCode::UNPROCESSABLE_ENTITY, &msg, id),
         }
     }

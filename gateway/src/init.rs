@@ -217,6 +217,18 @@ cache:
   # "" = none of its own.
   targeted_field: Gateway-Cache-Control
   forward_targeted: false
+  # Several instances behind a load balancer: a second tier in the Redis of
+  # `shared.redis` below (memory misses looked up there, stored responses
+  # written there in the background; purges reach every instance). [restart]
+  shared: { enabled: false, max_object_size: 1MiB }
+
+# Redis shared by several gateway instances (second cache tier, purge
+# fan-out, `rate: { ..., shared: true }` limits): a Redis or ElastiCache
+# endpoint, not the app's database. Every call is bounded by `timeout`; after
+# 3 failures in a row Redis is skipped for a while (memory and the app
+# serve): it is never an outage. [restart]
+# shared:
+#   redis: { url: "rediss://gateway@my-cache.example.internal:6379/0", password_file: /etc/gateway/redis-password, pool_size: 16, timeout: 20ms }
 
 # Routes, first match wins.
 routes:

@@ -23,7 +23,8 @@
 //! - [`outcome`]: the one cache-outcome type (Cache-Status, X-Cache, metrics, log).
 //! - [`metrics`]: Prometheus metrics in the default registry.
 //! - [`quiet_log`]: normal events Pingora logs as errors, counted instead.
-//! - [`ratelimit`]: per-client rate limits (GCRA), bounded memory.
+//! - [`ratelimit`]: per-client rate limits (GCRA), bounded memory; shared ones lease tokens from Redis.
+//! - [`shared`]: the Redis several instances share (bounded calls, breaker, purge channel).
 //! - [`limits`]: concurrency limits and FIFO queues (per route, per upstream).
 //! - [`lifecycle`]: signals (reload, drain, upgrade), pid file.
 //! - [`preflight`]: can the running user write the pid file, upgrade socket, access log.
@@ -60,6 +61,7 @@ pub(crate) mod ratelimit;
 pub(crate) mod request_id;
 pub(crate) mod routes;
 pub mod server;
+pub(crate) mod shared;
 pub(crate) mod state;
 pub(crate) mod tls;
 pub(crate) mod upstream;

@@ -140,6 +140,8 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<String> {
         "cache.max_size" => cache.max_size;
         "cache.max_object_size" => cache.max_object_size;
         "access_log.path" => access_log.target;
+        "shared.redis" => redis;
+        "cache.shared" => cache.shared;
         "client.h2_max_streams" => client.h2_max_streams;
     }
     // The HTTPS listeners: only their addresses need a restart (certificates,

@@ -889,3 +889,78 @@ pub fn render() -> Vec<u8> {
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);
     buf
 }
+
+// The shared tier (Redis): see `crate::shared`.
+
+static SHARED_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_shared_redis_calls_total",
+        "Calls to the shared Redis, by operation (lookup, store, purge, publish, lease) \
+         and result (ok, error, timeout, skipped: breaker open).",
+        &["op", "result"]
+    )
+    .expect("metric registers once")
+});
+
+static SHARED_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "gateway_shared_redis_state",
+        "1 for the shared Redis breaker's current state (closed, open, half_open), 0 for the others.",
+        &["state"]
+    )
+    .expect("metric registers once")
+});
+
+static SHARED_CHANNEL_UP: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "gateway_shared_channel_up",
+        "1 while this instance is subscribed to the shared purge channel."
+    )
+    .expect("metric registers once")
+});
+
+static SHARED_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gateway_shared_cache_lookups_total",
+        "Memory misses looked up in the shared tier, by result (hit, stale: soft-purged, \
+         miss, purged: an older generation).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+static SHARED_PURGES_APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gateway_shared_purges_received_total",
+        "Purges and invalidations received from other instances over the channel."
+    )
+    .expect("metric registers once")
+});
+
+/// One call to the shared Redis.
+pub fn shared_call(op: &'static str, result: &'static str) {
+    SHARED_CALLS.with_label_values(&[op, result]).inc();
+}
+
+/// One shared-tier lookup's result.
+pub fn shared_lookup(result: &'static str) {
+    SHARED_LOOKUPS.with_label_values(&[result]).inc();
+}
+
+/// A purge received from another instance.
+pub fn shared_purge_received() {
+    SHARED_PURGES_APPLIED.inc();
+}
+
+/// Publishes the shared Redis breaker state and the channel state (`None`:
+/// no channel, the cache tier is off).
+pub fn publish_shared(state: &str, channel_up: Option<bool>) {
+    for st in ["closed", "open", "half_open"] {
+        SHARED_STATE
+            .with_label_values(&[st])
+            .set(i64::from(st == state));
+    }
+    if let Some(up) = channel_up {
+        SHARED_CHANNEL_UP.set(i64::from(up));
+    }
+}

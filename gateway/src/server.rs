@@ -110,6 +110,8 @@ pub fn main(cli: Cli) -> ExitCode {
         config.cache.max_object_size,
         config.cache.lock_timeout,
     );
+    crate::shared::configure(config.redis.as_ref());
+    crate::cache::shared::configure(config.cache.shared.as_ref());
     // The access-log writer runs from the start (a reload may turn the log on).
     crate::access_log::start(&config.access_log.target);
     let pid_file = PidFile::new(&config.pid_file);
@@ -207,6 +209,15 @@ pub fn build(shared: &Arc<Shared>, cli: &Cli) -> Server {
         "acme",
         crate::acme::AcmeService::new(shared.clone(), challenges),
     ));
+    // Purges travel on the channel only with the cache tier on.
+    if crate::shared::configured() && config.cache.shared.is_some() {
+        server.add_service(pingora::services::background::background_service(
+            "shared redis",
+            SharedChannel {
+                shared: shared.clone(),
+            },
+        ));
+    }
     server
 }
 
@@ -219,6 +230,37 @@ fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Option
     h2.max_header_list_size(config::PINGORA_MAX_HEADER_BYTES as u32);
     h2.max_concurrent_streams(config.client.h2_max_streams);
     h2
+}
+
+/// Background service of the shared Redis: the purge channel (other
+/// instances' purges applied to this memory; after the channel was down,
+/// memory entries are dropped, as purges may have been missed meanwhile).
+pub struct SharedChannel {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for SharedChannel {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let Some(redis) = crate::shared::get() else {
+            return;
+        };
+        let on_message = |payload: &[u8]| {
+            crate::cache::purge::apply_remote(payload, &self.shared.snapshot());
+        };
+        let on_resync = || {
+            if let Some(store) = crate::cache::store() {
+                let n = store.purge_where(false, |_, _| true);
+                if n > 0 {
+                    tracing::warn!(
+                        dropped = n,
+                        "shared redis: purge channel back; memory entries stored before dropped"
+                    );
+                }
+            }
+        };
+        redis.listen(on_message, on_resync, shutdown).await;
+    }
 }
 
 /// Pingora's process settings from ours.

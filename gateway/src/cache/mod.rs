@@ -1,13 +1,14 @@
 //! The response cache: storage ([`storage`]), what is stored and under which
 //! key ([`policy`]), which response directives the gateway follows
 //! ([`targeted`], RFC 9213), the client's directives ([`request`]) and purges
-//! ([`purge`]). The outcome reported to clients and metrics is
+//! ([`purge`]), and the second tier in Redis ([`shared`]). The outcome reported to clients and metrics is
 //! [`crate::outcome::CacheOutcome`], a vocabulary of its own so that the
 //! metrics sit below the cache.
 
 pub mod policy;
 pub mod purge;
 pub mod request;
+pub mod shared;
 pub mod storage;
 pub mod targeted;
 

@@ -2,15 +2,20 @@
 //! (glob), a tag recorded from `Surrogate-Key` / `Cache-Tag`, or everything;
 //! hard (dropped) or soft (marked stale, then revalidated or served stale as
 //! the entry allows).
+//!
+//! With the shared tier on, a purge (and an invalidation by an unsafe
+//! method) also bumps the matching generations in Redis (see
+//! [`super::shared`]) and is published on the purge channel; every other
+//! instance applies it to its memory ([`apply_remote`]).
 
-use pingora::cache::key::CacheHashKey;
-use serde::Deserialize;
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use serde::{Deserialize, Serialize};
 
 use super::{policy, store};
 use crate::state::Snapshot;
 
 /// `POST /cache/purge` body: exactly one of `url`, `prefix`, `pattern`, `tag`, `all`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PurgeRequest {
     /// `http://host/path?query`: that URL, all its variants.
@@ -30,8 +35,120 @@ pub struct PurgeRequest {
     pub soft: bool,
 }
 
-/// Purges what the request selects; returns how many entries it touched.
-pub fn execute(req: &PurgeRequest, snap: &Snapshot) -> Result<usize, String> {
+/// What a purge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Entries of this instance's memory touched.
+    pub local: usize,
+    /// Whether Redis took it (generations bumped, other instances told);
+    /// `None` when nothing is shared.
+    pub shared: Option<bool>,
+}
+
+/// A purge as it travels on the channel.
+#[derive(Debug, Deserialize, Serialize)]
+struct Message {
+    /// The sending instance (it skips its own messages).
+    from: String,
+    purge: PurgeRequest,
+}
+
+/// Purges what the request selects, here and (when the tier is on) in Redis
+/// and on every other instance.
+pub async fn execute(req: &PurgeRequest, snap: &Snapshot) -> Result<Purged, String> {
+    let local = execute_local(req, snap)?;
+    let shared = match super::shared::tier() {
+        Some(redis) => Some(fan_out(redis, req, selector(req, snap)).await),
+        None => None,
+    };
+    Ok(Purged { local, shared })
+}
+
+/// The generation selector `req` bumps in Redis; `None` for a URL that no
+/// caching route serves (nothing of it is stored anywhere).
+fn selector(req: &PurgeRequest, snap: &Snapshot) -> Option<String> {
+    use super::shared::{pattern_selector, prefix_selector};
+    Some(if let Some(url) = &req.url {
+        let u = url.parse::<http::Uri>().ok()?;
+        let host = u.authority()?.as_str().to_owned();
+        let primary = url_primary(snap, &host, u.path(), u.query().unwrap_or(""))?;
+        format!("u:{}", crate::shared::hex(&primary))
+    } else if let Some(prefix) = &req.prefix {
+        let path = match prefix.strip_prefix("http://") {
+            Some(rest) => &rest[rest.find('/').unwrap_or(rest.len())..],
+            None => prefix.as_str(),
+        };
+        prefix_selector(if path.is_empty() { "/" } else { path })
+    } else if let Some(pattern) = &req.pattern {
+        pattern_selector(pattern)
+    } else if let Some(tag) = &req.tag {
+        format!("t:{tag}")
+    } else {
+        "a".to_owned()
+    })
+}
+
+/// Bumps the generation of `selector` and publishes `req`; `false` when
+/// Redis did not take both.
+async fn fan_out(
+    redis: &crate::shared::Redis,
+    req: &PurgeRequest,
+    selector: Option<String>,
+) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    let bumped = super::shared::bump(redis, &[selector], req.soft).await;
+    let msg = Message {
+        from: redis.instance().to_owned(),
+        purge: req.clone(),
+    };
+    let published = match serde_json::to_string(&msg) {
+        Ok(payload) => redis.publish(payload).await,
+        Err(_) => false,
+    };
+    bumped && published
+}
+
+/// Applies a purge another instance published to this instance's memory.
+pub fn apply_remote(payload: &[u8], snap: &Snapshot) {
+    let Ok(msg) = serde_json::from_slice::<Message>(payload) else {
+        tracing::warn!("shared purge channel: a message that is not a purge, ignored");
+        return;
+    };
+    if crate::shared::get().is_some_and(|r| r.instance() == msg.from) {
+        return;
+    }
+    crate::metrics::shared_purge_received();
+    if let Err(e) = execute_local(&msg.purge, snap) {
+        tracing::warn!("shared purge channel: {e}");
+    }
+}
+
+/// An invalidation by an unsafe method (RFC 9111 §4.4) of one URL: here, in
+/// Redis and on every other instance (the fan-out runs in the background).
+pub fn invalidate_url(snap: &Snapshot, host: &str, path: &str, query: &str) -> usize {
+    let n = url_purge(snap, host, path, query, false);
+    if let (Some(redis), Ok(rt)) = (super::shared::tier(), tokio::runtime::Handle::try_current()) {
+        let req = PurgeRequest {
+            url: Some(if query.is_empty() {
+                format!("http://{host}{path}")
+            } else {
+                format!("http://{host}{path}?{query}")
+            }),
+            ..PurgeRequest::default()
+        };
+        let selector = selector(&req, snap);
+        rt.spawn(async move {
+            fan_out(redis, &req, selector).await;
+        });
+    }
+    n
+}
+
+/// Purges what the request selects in this instance's memory; returns how
+/// many entries it touched.
+pub fn execute_local(req: &PurgeRequest, snap: &Snapshot) -> Result<usize, String> {
     let selectors = [
         req.url.is_some(),
         req.prefix.is_some(),
@@ -93,15 +210,19 @@ pub fn execute(req: &PurgeRequest, snap: &Snapshot) -> Result<usize, String> {
 /// Purges one URL under the key rule of the caching route that serves GET for it.
 pub fn url_purge(snap: &Snapshot, host: &str, path: &str, query: &str, soft: bool) -> usize {
     let Some(store) = store() else { return 0 };
-    let Some(i) = crate::routes::find(&snap.config.routes, &http::Method::GET, Some(host), path)
-    else {
-        return 0;
-    };
-    let Some(rule) = snap.config.routes[i].cache.as_ref() else {
-        return 0;
-    };
+    match url_primary(snap, host, path, query) {
+        Some(primary) => store.purge_uri(&primary, soft),
+        None => 0,
+    }
+}
+
+/// The URL hash a URL is stored under (all its variants share it), by the
+/// key rule of the caching route that serves GET for it.
+fn url_primary(snap: &Snapshot, host: &str, path: &str, query: &str) -> Option<HashBinary> {
+    let i = crate::routes::find(&snap.config.routes, &http::Method::GET, Some(host), path)?;
+    let rule = snap.config.routes[i].cache.as_ref()?;
     let key = policy::key_for(host, path, &policy::normalize_query(query, &rule.query));
-    store.purge_uri(&key.primary_bin(), soft)
+    Some(key.primary_bin())
 }
 
 /// A path glob: `*` matches within one segment, `**` across segments, and

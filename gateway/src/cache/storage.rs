@@ -451,6 +451,13 @@ struct Hit {
     body: Bytes,
     range: (usize, usize),
     done: bool,
+    /// Memory missed; the shared tier (Redis) had it.
+    shared: bool,
+}
+
+/// Whether `hit` came from the shared tier (memory had missed).
+pub fn is_shared_hit(hit: &HitHandler) -> bool {
+    hit.as_any().downcast_ref::<Hit>().is_some_and(|h| h.shared)
 }
 
 #[async_trait]
@@ -532,10 +539,16 @@ impl HandleMiss for Miss {
         }
         let body = Bytes::from(all);
         let size = body.len();
-        self.store.insert(
+        let entry = Entry::new(self.primary, self.uri.clone(), &self.meta, body);
+        super::shared::write_behind(
             self.key,
-            Entry::new(self.primary, self.uri.clone(), &self.meta, body),
+            self.primary,
+            entry.uri.clone(),
+            entry.tags.clone(),
+            &self.meta,
+            entry.body.clone(),
         );
+        self.store.insert(self.key, entry);
         metrics::cache_store();
         Ok(MissFinishType::Created(size))
     }
@@ -548,8 +561,9 @@ impl Storage for MemStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.entries.get(&key.combined_bin()) else {
-            return Ok(None);
+        let combined = key.combined_bin();
+        let Some(entry) = self.entries.get(&combined) else {
+            return Ok(self.lookup_shared(key, combined).await);
         };
         let meta = entry.meta();
         let len = entry.body.len();
@@ -557,6 +571,7 @@ impl Storage for MemStorage {
             body: entry.body.clone(),
             range: (0, len),
             done: false,
+            shared: false,
         };
         Ok(Some((meta, Box::new(hit))))
     }
@@ -601,6 +616,15 @@ impl Storage for MemStorage {
         let Some(old) = self.entries.get(&k) else {
             return Ok(false);
         };
+        // Revalidated: the shared copy gets the new freshness too.
+        super::shared::write_behind(
+            k,
+            old.primary,
+            old.uri.clone(),
+            old.tags.clone(),
+            meta,
+            old.body.clone(),
+        );
         self.insert(
             k,
             Entry::new(old.primary, old.uri.clone(), meta, old.body.clone()),
@@ -610,6 +634,35 @@ impl Storage for MemStorage {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
+    }
+}
+
+impl MemStorage {
+    /// A memory miss: the shared tier's copy, filled into memory (a soft
+    /// purge's copy as stale). `None` when the tier is off, has nothing, or
+    /// does not answer within `shared.redis.timeout`.
+    async fn lookup_shared(
+        &'static self,
+        key: &CacheKey,
+        combined: HashBinary,
+    ) -> Option<(CacheMeta, HitHandler)> {
+        let redis = super::shared::tier()?;
+        let found = super::shared::lookup(redis, &combined).await?;
+        let mut entry = Entry::new(key.primary_bin(), found.uri, &found.meta, found.body);
+        if found.stale {
+            entry.fresh_until = SystemTime::now() - std::time::Duration::from_secs(1);
+        }
+        let meta = entry.meta();
+        let body = entry.body.clone();
+        self.insert(combined, entry);
+        let len = body.len();
+        let hit = Hit {
+            body,
+            range: (0, len),
+            done: false,
+            shared: true,
+        };
+        Some((meta, Box::new(hit)))
     }
 }
 

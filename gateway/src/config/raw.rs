@@ -31,6 +31,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "cache",
     "tls",
     "compression",
+    "shared",
     "routes",
 ];
 
@@ -69,6 +70,9 @@ pub struct RawConfig {
     pub tls: Option<RawTls>,
     /// Response compression on the way out (after the cache).
     pub compression: RawCompression,
+    /// Redis shared by several gateway instances (second cache tier, purge
+    /// fan-out, shared rate limits).
+    pub shared: RawShared,
     /// Routes, first match wins.
     pub routes: Vec<RawRoute>,
 }
@@ -91,6 +95,7 @@ impl Default for RawConfig {
             cache: RawCache::default(),
             tls: None,
             compression: RawCompression::default(),
+            shared: RawShared::default(),
             routes: Vec::new(),
         }
     }
@@ -450,6 +455,78 @@ pub struct RawCache {
     pub targeted_field: String,
     /// Pass the gateway's targeted field on to clients.
     pub forward_targeted: bool,
+    /// The second cache tier, in `shared.redis`.
+    pub shared: RawCacheShared,
+}
+
+/// `cache.shared:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCacheShared {
+    /// Look memory misses up in Redis and write stored responses there.
+    pub enabled: bool,
+    /// Bigger responses stay in this instance's memory only.
+    pub max_object_size: Size,
+}
+
+impl Default for RawCacheShared {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_object_size: Size(1 << 20),
+        }
+    }
+}
+
+/// `shared:`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawShared {
+    /// The Redis endpoint; absent = nothing is shared.
+    pub redis: Option<RawRedis>,
+}
+
+/// `shared.redis:`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[user@]host:port/db` or `rediss://` for TLS.
+    pub url: String,
+    /// File holding the password (first line); not in the URL, so that the
+    /// file can stay readable by the service only.
+    pub password_file: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (`rediss://`);
+    /// default: the system's roots.
+    pub ca_file: Option<String>,
+    /// Connections in the pool at most.
+    pub pool_size: u32,
+    /// Bound on every Redis call (connect included).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Failed calls in a row that open the breaker (Redis is skipped).
+    pub consecutive_failures: u32,
+    /// Longest time the breaker stays open before one probe (it starts at
+    /// 1 s and doubles while probes fail).
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    /// First part of every key, inside a hash tag (`{gw}:...`), so that
+    /// several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            password_file: None,
+            ca_file: None,
+            pool_size: 16,
+            timeout: Duration::from_millis(20),
+            consecutive_failures: 3,
+            open_for: Duration::from_secs(5),
+            key_prefix: "gw".into(),
+        }
+    }
 }
 
 impl Default for RawCache {
@@ -463,6 +540,7 @@ impl Default for RawCache {
             keep_surrogate_keys: false,
             targeted_field: "Gateway-Cache-Control".into(),
             forward_targeted: false,
+            shared: RawCacheShared::default(),
         }
     }
 }
@@ -657,6 +735,9 @@ pub struct RawRate {
     pub key_header: Option<String>,
     /// Distinct clients tracked at most (least recently seen are forgotten).
     pub max_clients: usize,
+    /// Keep the limit across instances through `shared.redis` (tokens leased
+    /// in batches; local limiting when Redis does not answer in time).
+    pub shared: bool,
 }
 
 impl Default for RawRate {
@@ -666,6 +747,7 @@ impl Default for RawRate {
             burst: None,
             key_header: None,
             max_clients: 100_000,
+            shared: false,
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Response compression.
     pub compression: Compression,
+    /// Redis shared by several instances (`None`: not configured).
+    pub redis: Option<Redis>,
     /// Routes in file order (first match wins).
     pub routes: Vec<Route>,
     /// The file as parsed (defaults filled in, secrets redacted), for `GET /config`.
@@ -281,6 +283,47 @@ pub struct Cache {
     pub targeted_field: Option<http::HeaderName>,
     /// Pass the gateway's targeted field on to clients (else it is removed).
     pub forward_targeted: bool,
+    /// The second tier in Redis (`None`: off).
+    pub shared: Option<SharedCache>,
+}
+
+/// `cache.shared:` when enabled (it needs `shared.redis`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SharedCache {
+    /// Larger responses stay local.
+    pub max_object_size: u64,
+}
+
+/// `shared.redis:`, checked: the URL parsed, the password read.
+#[derive(Clone, PartialEq)]
+pub struct Redis {
+    /// The URL as written (no password in it).
+    pub url: String,
+    /// Whether the URL is `rediss://`.
+    pub tls: bool,
+    /// The password read from `password_file`.
+    pub password: Option<String>,
+    /// PEM of the CA to trust for TLS (read from `ca_file`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Pool size.
+    pub pool_size: u32,
+    /// Bound on every call.
+    pub timeout: Duration,
+    /// Breaker: failures in a row that open it, and its longest open period.
+    pub breaker: Breaker,
+    /// Key prefix (inside the hash tag).
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a route matches the request host.
@@ -371,6 +414,8 @@ pub struct Rate {
     pub key_header: Option<http::HeaderName>,
     /// Clients tracked at most.
     pub max_clients: usize,
+    /// Kept across instances through Redis.
+    pub shared: bool,
 }
 
 /// `routes[i].limits:`

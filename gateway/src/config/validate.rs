@@ -235,7 +235,33 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         keep_surrogate_keys: rcache.keep_surrogate_keys,
         targeted_field: targeted_field(&mut c, &rcache.targeted_field),
         forward_targeted: rcache.forward_targeted,
+        shared: None,
     };
+    let mut cache = cache;
+    let redis = raw
+        .shared
+        .redis
+        .as_ref()
+        .and_then(|r| shared_redis(&mut c, r, world));
+    let rshared = &rcache.shared;
+    if rshared.enabled {
+        let size = rshared.max_object_size.as_u64();
+        if size == 0 || size > cache.max_object_size {
+            c.fail(
+                "cache.shared.max_object_size",
+                "must be > 0 and at most cache.max_object_size",
+            );
+        }
+        if raw.shared.redis.is_none() {
+            c.fail(
+                "cache.shared.enabled",
+                "needs shared.redis (the Redis the instances share)",
+            );
+        }
+        cache.shared = Some(SharedCache {
+            max_object_size: size,
+        });
+    }
 
     let compression = compression(&mut c, &raw.compression);
     let tls = raw
@@ -263,6 +289,12 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
                 c.fail(
                     format!("{key}.limits.queue"),
                     "a queue needs limits.max_inflight on the route or on its upstream",
+                );
+            }
+            if r.limits.rate.as_ref().is_some_and(|r| r.shared) && raw.shared.redis.is_none() {
+                c.fail(
+                    format!("{key}.limits.rate.shared"),
+                    "needs shared.redis (the Redis the instances share)",
                 );
             }
             routes.push(r);
@@ -294,6 +326,7 @@ pub(super) fn validate(raw: RawConfig, world: &dyn Resolve) -> Result<Config, Ve
         cache,
         tls,
         compression,
+        redis,
         routes,
         source,
     })
@@ -499,6 +532,127 @@ fn tls(
         redirect_http: t.redirect_http,
         hsts,
         acme,
+    })
+}
+
+/// `shared.redis`: the URL (scheme, no password in it), the password and CA
+/// files (read through `world`), the pool and breaker bounds.
+fn shared_redis(c: &mut Checker, r: &raw::RawRedis, world: &dyn Resolve) -> Option<Redis> {
+    let before = c.problems.len();
+    let tls = match r.url.split_once("://").map(|(s, _)| s) {
+        Some("redis") => false,
+        Some("rediss") => true,
+        _ => {
+            c.fail(
+                "shared.redis.url",
+                format!("{:?} is not a redis:// or rediss:// URL", r.url),
+            );
+            false
+        }
+    };
+    match http::Uri::try_from(r.url.as_str()) {
+        Ok(u) if u.authority().is_some_and(|a| !a.host().is_empty()) => {
+            let userinfo = u.authority().and_then(|a| a.as_str().rsplit_once('@'));
+            if userinfo.is_some_and(|(user, _)| user.contains(':')) {
+                c.fail(
+                    "shared.redis.url",
+                    "must not hold a password: put it in shared.redis.password_file",
+                );
+            }
+            let db = u.path().trim_start_matches('/');
+            if !db.is_empty() && db.parse::<u32>().is_err() {
+                c.fail(
+                    "shared.redis.url",
+                    format!("the path {db:?} must be a database number"),
+                );
+            }
+        }
+        _ => c.fail(
+            "shared.redis.url",
+            format!("{:?} is not a URL with a host", r.url),
+        ),
+    }
+    let password = r
+        .password_file
+        .as_ref()
+        .and_then(|path| match world.read_secret(path) {
+            Ok(s) => {
+                let p = s.lines().next().unwrap_or("").trim().to_owned();
+                if p.is_empty() {
+                    c.fail(
+                        "shared.redis.password_file",
+                        format!("{path}: the password (first line) is empty"),
+                    );
+                }
+                Some(p)
+            }
+            Err(e) => {
+                c.fail(
+                    "shared.redis.password_file",
+                    format!("cannot read {path}: {e}"),
+                );
+                None
+            }
+        });
+    let ca_pem = r.ca_file.as_ref().and_then(|path| {
+        if !tls {
+            c.fail("shared.redis.ca_file", "goes with a rediss:// URL");
+        }
+        match world.read_secret(path) {
+            Ok(s) if s.contains("-----BEGIN CERTIFICATE-----") => Some(s.into_bytes()),
+            Ok(_) => {
+                c.fail(
+                    "shared.redis.ca_file",
+                    format!("{path}: no PEM certificate in it"),
+                );
+                None
+            }
+            Err(e) => {
+                c.fail("shared.redis.ca_file", format!("cannot read {path}: {e}"));
+                None
+            }
+        }
+    });
+    if r.pool_size == 0 {
+        c.fail("shared.redis.pool_size", "must be > 0");
+    }
+    let timeout = c.positive("shared.redis.timeout", r.timeout);
+    let open_for = c.positive("shared.redis.open_for", r.open_for);
+    let consecutive = c.nonzero(
+        "shared.redis.consecutive_failures",
+        Some(r.consecutive_failures),
+    );
+    if r.key_prefix.is_empty()
+        || !r
+            .key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        c.fail(
+            "shared.redis.key_prefix",
+            "must be letters, digits and - _ . : (it goes inside a {hash tag})",
+        );
+    }
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(Redis {
+        url: r.url.clone(),
+        tls,
+        password,
+        ca_pem,
+        pool_size: r.pool_size,
+        timeout,
+        breaker: Breaker {
+            consecutive_failures: consecutive?,
+            open_for,
+            error_ratio: None,
+            window: Duration::from_secs(10),
+            min_requests: 1,
+            min_available: 0,
+            count_overload: false,
+        },
+        key_prefix: r.key_prefix.clone(),
     })
 }
 
@@ -872,6 +1026,7 @@ fn route(
                     names.into_iter().next()
                 }),
                 max_clients: r.max_clients.max(1),
+                shared: r.shared,
             }),
             None => {
                 c.fail(
@@ -1017,6 +1172,68 @@ tls:
             problems[1].message.contains("dns-01"),
             "{}",
             problems[1].message
+        );
+    }
+
+    #[test]
+    fn shared_redis_is_checked_and_its_secret_read_through_the_world() {
+        let c = check(
+            r#"
+shared: { redis: { url: "rediss://user@cache.internal:6379/0", password_file: /secret/token, timeout: 20ms } }
+cache: { shared: { enabled: true, max_object_size: 1MiB } }
+upstreams: { app: { servers: ["app.internal:5000"] } }
+routes: [ { name: a, match: { path_prefix: / }, upstream: app, limits: { rate: { per_client: 10/s, shared: true } } } ]
+"#,
+        )
+        .unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert!(r.tls);
+        assert_eq!(r.password.as_deref(), Some("0123456789abcdef0123"));
+        assert!(!format!("{r:?}").contains("0123456789"), "redacted");
+        assert_eq!(c.cache.shared.unwrap().max_object_size, 1 << 20);
+        assert!(c.routes[0].limits.rate.as_ref().unwrap().shared);
+        let problems = check(
+            r#"
+shared: { redis: { url: "http://x:1", password_file: /nowhere, pool_size: 0, timeout: 0s, key_prefix: "a}b" } }
+upstreams: { app: { servers: ["app.internal:5000"] } }
+routes: [ { name: a, match: { path_prefix: / }, upstream: app } ]
+"#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "shared.redis.url",
+                "shared.redis.password_file",
+                "shared.redis.pool_size",
+                "shared.redis.timeout",
+                "shared.redis.key_prefix"
+            ]
+        );
+        let problems = check(
+            r#"
+shared: { redis: { url: "redis://:secret@cache.internal:6379" } }
+cache: { shared: { enabled: true, max_object_size: 1GiB } }
+upstreams: { app: { servers: ["app.internal:5000"] } }
+routes: [ { name: a, match: { path_prefix: / }, upstream: app } ]
+"#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["shared.redis.url", "cache.shared.max_object_size"]);
+        let problems = check(
+            r#"
+cache: { shared: { enabled: true } }
+upstreams: { app: { servers: ["app.internal:5000"] } }
+routes: [ { name: a, match: { path_prefix: / }, upstream: app, limits: { rate: { per_client: 10/s, shared: true } } } ]
+"#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["cache.shared.enabled", "routes[0].limits.rate.shared"]
         );
     }
 }

@@ -154,9 +154,11 @@ pub(super) fn storable(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) 
 pub(super) fn on_hit(
     session: &Session,
     meta: &CacheMeta,
+    hit: &pingora::cache::storage::HitHandler,
     is_fresh: bool,
     ctx: &mut Ctx,
 ) -> Option<ForcedFreshness> {
+    ctx.cache.shared_hit = cache::storage::is_shared_hit(hit);
     let credentialed = rule(ctx).and_then(|r| policy::credentials(session.req_header(), r));
     let field = targeted_field(ctx);
     if credentialed.is_some() && !policy::may_serve_authorized(meta, field) {
@@ -242,6 +244,7 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
     let detail = match outcome {
         CacheOutcome::Uncacheable => detail.or(Some("uncacheable")),
         CacheOutcome::Bypass => detail,
+        CacheOutcome::Hit if ctx.cache.shared_hit => Some("shared"),
         _ => None,
     };
     let show_key = ctx
@@ -292,7 +295,7 @@ pub(super) fn invalidate(session: &Session, resp: &ResponseHeader, ctx: &Ctx) {
     };
     let host = policy::request_host(req);
     // Stored under the key of the caching route that serves GET for the URI.
-    let remove = |path: &str, query: &str| cache::purge::url_purge(snap, host, path, query, false);
+    let remove = |path: &str, query: &str| cache::purge::invalidate_url(snap, host, path, query);
     let mut removed = remove(req.uri.path(), req.uri.query().unwrap_or(""));
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(target) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) else {

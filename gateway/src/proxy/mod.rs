@@ -100,6 +100,8 @@ pub struct CacheCtx {
     bypassed: bool,
     /// The 304 that answered a revalidation (its fields update the stored response).
     not_modified: Option<Box<ResponseHeader>>,
+    /// The hit came from the shared tier (memory had missed).
+    shared_hit: bool,
 }
 
 impl Ctx {
@@ -209,11 +211,11 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         meta: &CacheMeta,
-        _hit_handler: &mut HitHandler,
+        hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(cache::on_hit(session, meta, is_fresh, ctx))
+        Ok(cache::on_hit(session, meta, hit_handler, is_fresh, ctx))
     }
 
     /// Stale-while-revalidate (no error: Pingora has already checked the entry's

@@ -180,17 +180,19 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
     }
     if let (Some(limiter), Some(rate)) = (&snap.routes[i].rate, &snap.config.routes[i].limits.rate)
     {
-        let req = session.req_header();
-        let keyed = rate
-            .key_header
-            .as_ref()
-            .and_then(|h| req.headers.get(h))
-            .map(|v| v.as_bytes());
         let ip = match ctx.client.ip {
             std::net::IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
             std::net::IpAddr::V6(v) => v.octets(),
         };
-        if let Err(limited) = limiter.check(keyed.unwrap_or(&ip), std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        let verdict = if rate.shared {
+            // Owned: the lease may wait for Redis.
+            let client = rate_key(session.req_header(), rate, &ip).to_vec();
+            limiter.check_shared(&client, now).await
+        } else {
+            limiter.check(rate_key(session.req_header(), rate, &ip), now)
+        };
+        if let Err(limited) = verdict {
             snap.routes[i].metrics.rate_limited();
             response::respond_rate_limited(session, ctx, &limiter.policy, limited.retry_after)
                 .await?;
@@ -242,6 +244,19 @@ async fn redirect_to_https(
         .write_response_header(Box::new(header), true)
         .await?;
     Ok(true)
+}
+
+/// Whom a rate limit counts a request against: the key header's value, or
+/// the client address.
+fn rate_key<'a>(
+    req: &'a pingora::http::RequestHeader,
+    rate: &crate::config::Rate,
+    ip: &'a [u8; 16],
+) -> &'a [u8] {
+    rate.key_header
+        .as_ref()
+        .and_then(|h| req.headers.get(h))
+        .map_or(ip.as_slice(), |v| v.as_bytes())
 }
 
 /// Header count and size, transfer coding, and the declared body size.
@@ -326,7 +341,7 @@ async fn purge(session: &mut Session, ctx: &mut Ctx, snap: &crate::state::Snapsh
         req.uri.path().to_owned(),
         req.uri.query().unwrap_or("").to_owned(),
     );
-    let n = crate::cache::purge::url_purge(snap, &host, &path, &query, false);
+    let n = crate::cache::purge::invalidate_url(snap, &host, &path, &query);
     crate::metrics::cache_purged(n);
     let body = bytes::Bytes::from(format!("{{\"purged\":{n}}}\n"));
     let header = crate::error::json_header(200, ctx.request_id(), body.len())?;
