@@ -137,6 +137,7 @@ printf '| %s MiB | %s MiB | %s MiB (+%s MiB) | %s KiB | %s MiB |\n' \
 echo "wrk: $(awk '/Requests\/sec/ {print $2 " req/s"}' "$dir/wrk.out"), p99 $(awk '$1=="99%" {print $2}' "$dir/wrk.out"); $(awk '/Non-2xx|Socket errors/' "$dir/wrk.out" | tr '\n' ' ')"
 echo "(the rate is only a check that the connections worked: this script is about memory)"
 if [ -n "$DHAT" ]; then
+  echo "(with DHAT=1 the RSS above includes dhat's own bookkeeping: use the profile, not the RSS)"
   for _ in $(seq 60); do grep -q 'dhat: profile written' "$dir/gateway.log" && break; sleep 1; done
   grep -q 'dhat: profile written' "$dir/gateway.log" || die "no dhat profile written (is $BIN built with --features dhat-heap?)"
   echo "heap profile: target/loadtests/conn-dhat.json (python3 loadtests/dhat_top.py target/loadtests/conn-dhat.json)"

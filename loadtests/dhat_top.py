@@ -7,16 +7,31 @@ first frames outside the allocator and the standard library's containers.
 """
 import argparse
 import json
+import re
 
-SKIP = ("alloc::", "dhat::", "<alloc::", "core::", "<core::", "__rust", "std::", "hashbrown::",
-        "<hashbrown::", "bytes::bytes_mut::", "<bytes::", "bytes::", "[root]", "<dhat::",
-        "tokio::io::util::buf_", "<tokio::io::util::buf_", "???")
+# Frames in these files are the allocator's, the standard containers' or dhat's
+# own: the "where" column starts at the first frame outside them.
+NOISE = ("dhat-", "alloc/", "core/", "std/", "src/raw_vec", "src/vec", "src/alloc", "src/boxed",
+         "src/sync", "bytes-", "io/util/buf_", "src/runtime/task", "runtime/task", "src/string",
+         "gateway/src/main.rs")
 
 
-def frame_name(f):
-    # "0x1234: pingora_core::foo::bar (src/x.rs:12:3)" -> "pingora_core::foo::bar (x.rs:12)"
-    s = f.split(": ", 1)[-1]
-    return s
+def frame(f):
+    """("fn_name", "file:line") of a dhat frame "0x...: name<generics> (file:line:col)"."""
+    f = re.sub(r"^0x[0-9a-f]+: ", "", f)
+    if not f.endswith(")") or " (" not in f:
+        return f, ""
+    name, loc = f[:-1].rsplit(" (", 1)
+    loc = re.sub(r":\d+$", "", loc)  # keep file:line
+    depth, short = 0, ""
+    for ch in name:  # drop generic arguments
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif depth == 0 and ch not in "()":
+            short += ch
+    return short, loc
 
 
 def main():
@@ -34,9 +49,9 @@ def main():
     for p in d["pps"]:
         if p[key_b] == 0:
             continue
-        names = [frame_name(ftbl[i]) for i in p["fs"]]
-        ours = [n for n in names if not n.startswith(SKIP)]
-        rows.append((p[key_b], p[key_n], ours[: a.frames] or names[: a.frames]))
+        frames = [frame(ftbl[i]) for i in p["fs"]]
+        ours = [f"{n} ({loc})" for n, loc in frames if loc and not loc.startswith(NOISE)]
+        rows.append((p[key_b], p[key_n], ours[: a.frames] or [n for n, _ in frames[: a.frames]]))
     rows.sort(key=lambda r: -r[0])
     what = "at the global peak" if a.gmax else "at the end of the profile"
     print(f"live {what}: {total / 1048576:.2f} MiB in {sum(r[1] for r in rows)} blocks")
