@@ -114,6 +114,8 @@ rss_idle=$(rss)
 metrics=$(curl -fsS "http://127.0.0.1:$GW_ADMIN/metrics")
 bytes=$(awk '/^gateway_cache_bytes / {print $2}' <<<"$metrics")
 
+stat() { awk '{print $10, $14 + $15}' "/proc/$GW_PID/stat"; }  # minor faults, CPU ticks
+read -r flt0 cpu0 <<<"$(stat)"
 taskset -c 1 wrk -t2 -c"$CONNS" -d"$DURATION" --timeout 10s --latency "http://127.0.0.1:$GW_PORT/64k" >"$dir/wrk.out" &
 WRK=$!
 peak=$rss_idle; samples=()
@@ -122,6 +124,7 @@ while kill -0 "$WRK" 2>/dev/null; do
   sleep 1
 done
 wait "$WRK" || true
+read -r flt1 cpu1 <<<"$(stat)"
 sleep 1
 rss_after=$(rss)
 
@@ -135,6 +138,8 @@ printf '| %s MiB | %s MiB | %s MiB (+%s MiB) | %s KiB | %s MiB |\n' \
   "$(mib "$rss_start")" "$(mib "$rss_idle")" "$(mib "$peak")" "$(mib $((peak - rss_idle)))" \
   "$(awk -v d=$((peak - rss_idle)) -v c="$CONNS" 'BEGIN { printf "%.1f", d / c }')" "$(mib "$rss_after")"
 echo "wrk: $(awk '/Requests\/sec/ {print $2 " req/s"}' "$dir/wrk.out"), p99 $(awk '$1=="99%" {print $2}' "$dir/wrk.out"); $(awk '/Non-2xx|Socket errors/' "$dir/wrk.out" | tr '\n' ' ')"
+requests=$(awk '/requests in/ {print $1}' "$dir/wrk.out")
+echo "gateway during the run: $((flt1 - flt0)) minor page faults, $(( (cpu1 - cpu0) * 1000 / $(getconf CLK_TCK) )) ms CPU for $requests requests"
 echo "(the rate is only a check that the connections worked: this script is about memory)"
 if [ -n "$DHAT" ]; then
   echo "(with DHAT=1 the RSS above includes dhat's own bookkeeping: use the profile, not the RSS)"
