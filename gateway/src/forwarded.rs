@@ -75,10 +75,13 @@ impl Client {
         let keep = self.peer_trusted;
         let host = req.headers.get(http::header::HOST).cloned();
         let peer = self.peer;
+        // Formatted once: both headers carry it (formatting an address is a
+        // noticeable part of a pass-through request's own work).
+        let peer_text = peer.to_string();
 
         let xff = match req.headers.get(XFF).filter(|_| keep) {
-            Some(prev) => join(prev.as_bytes(), peer.to_string().as_bytes()),
-            None => HeaderValue::from_str(&peer.to_string()).expect("IP is a valid value"),
+            Some(prev) => join(prev.as_bytes(), peer_text.as_bytes()),
+            None => HeaderValue::from_str(&peer_text).expect("IP is a valid value"),
         };
         // Several incoming XFF lines are one list: fold them before appending.
         let xff = if keep && req.headers.get_all(XFF).iter().count() > 1 {
@@ -90,7 +93,7 @@ impl Client {
                 .collect();
             let mut v = all.join(&b", "[..]);
             v.extend_from_slice(b", ");
-            v.extend_from_slice(peer.to_string().as_bytes());
+            v.extend_from_slice(peer_text.as_bytes());
             HeaderValue::from_bytes(&v).unwrap_or(xff)
         } else {
             xff
@@ -109,7 +112,17 @@ impl Client {
             }
         }
 
-        let mut element = format!("for={}", forwarded_node(peer));
+        let mut element = String::with_capacity(64);
+        element.push_str("for=");
+        match peer {
+            IpAddr::V4(_) => element.push_str(&peer_text),
+            // IPv6 addresses are quoted and bracketed (RFC 7239 §6).
+            IpAddr::V6(_) => {
+                element.push_str("\"[");
+                element.push_str(&peer_text);
+                element.push_str("]\"");
+            }
+        }
         if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
             if h.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
@@ -144,14 +157,6 @@ fn join(prev: &[u8], next: &[u8]) -> HeaderValue {
     v.extend_from_slice(b", ");
     v.extend_from_slice(next);
     HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_bytes(next).expect("ASCII"))
-}
-
-/// `for=` node: IPv6 addresses are quoted and bracketed (RFC 7239 §6).
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    }
 }
 
 /// Every `X-Forwarded-For` entry, left to right; `None` for an unparsable one.
@@ -260,5 +265,38 @@ mod tests {
             &[(XFF, "::ffff:1.2.3.4")],
         );
         assert_eq!(c.ip.to_string(), "1.2.3.4");
+    }
+
+    #[test]
+    fn outgoing_headers_name_the_peer_ipv6_bracketed_in_forwarded() {
+        let outgoing = |peer: &str, h: &[(&'static str, &str)]| {
+            let c = client(peer, &["10.0.0.0/8"], h);
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.insert_header("host", "example.com").unwrap();
+            for (k, v) in h {
+                req.append_header(*k, *v).unwrap();
+            }
+            c.set_headers(&mut req, "http").unwrap();
+            let get = |name: &str| req.headers.get(name).unwrap().to_str().unwrap().to_owned();
+            (get(XFF), get(FORWARDED))
+        };
+        let (xff, fwd) = outgoing("[2001:db8::1]:9", &[]);
+        assert_eq!(xff, "2001:db8::1");
+        assert_eq!(fwd, r#"for="[2001:db8::1]";host="example.com";proto=http"#);
+        let (xff, fwd) = outgoing("203.0.113.9:9", &[]);
+        assert_eq!(xff, "203.0.113.9");
+        assert_eq!(fwd, r#"for=203.0.113.9;host="example.com";proto=http"#);
+        let (xff, fwd) = outgoing(
+            "10.0.0.2:9",
+            &[(XFF, "198.51.100.7"), (FORWARDED, "for=198.51.100.7")],
+        );
+        assert_eq!(
+            xff, "198.51.100.7, 10.0.0.2",
+            "a trusted peer's chain is extended"
+        );
+        assert_eq!(
+            fwd,
+            r#"for=198.51.100.7, for=10.0.0.2;host="example.com";proto=http"#
+        );
     }
 }

@@ -350,6 +350,45 @@ async fn pipelined_requests_are_all_answered_in_order() {
     assert!(first < third, "{all}");
 }
 
+/// The client listener reads straight from the socket, without Pingora's L4
+/// read buffer (issue #23): a request header several times the HTTP/1
+/// session's first 4 KiB buffer, arriving in pieces, and a second request on
+/// the same connection are both read whole and answered in order.
+#[tokio::test]
+async fn a_large_header_in_pieces_then_a_second_request_are_both_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start("a").await;
+    let gw = Gateway::start(&one_upstream(&origin, "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let big = "b".repeat(20_000);
+    let first = format!("GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    for piece in first.as_bytes().chunks(1500) {
+        s.write_all(piece).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    s.write_all(b"GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("both answers within 5 s")
+        .unwrap();
+    let all = String::from_utf8_lossy(&buf);
+    assert_eq!(all.matches("HTTP/1.1 200").count(), 2, "{all}");
+    assert!(
+        all.find("GET /big").unwrap() < all.find("GET /small").unwrap(),
+        "{all}"
+    );
+    let seen = origin.seen().await;
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].headers.get("x-big").unwrap().as_bytes(),
+        big.as_bytes()
+    );
+}
+
 #[tokio::test]
 async fn an_error_before_the_body_was_read_closes_the_connection_explicitly() {
     let origin = Origin::start("a").await;
