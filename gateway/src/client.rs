@@ -8,14 +8,6 @@
 //! complete ([`header_complete`]); after each request ([`request_done`]) the
 //! deadline re-arms on the next request's first byte.
 //!
-//! The stream also keeps an upstream's `Date` ([`keep_date`]): Pingora's
-//! HTTP/1 server writes its own `Date` into every response header (a private
-//! flag, `update_resp_headers`, with no setter), but a response keeps the
-//! `Date` its origin gave it (RFC 9110 §6.6.1), and one served from the cache
-//! must (RFC 9111 §4: its `Age` counts from it). Pingora's value and any valid
-//! HTTP date are both 29-byte IMF-fixdates, so the stream writes the kept one
-//! over Pingora's in place, without copying the header.
-//!
 //! On a `tls.listen` listener the TLS handshake runs here too, after the cap
 //! and under `tls.handshake_timeout` ([`crate::tls`]). HTTP/2 equivalents of
 //! the HTTP/1 protections: the same connection cap; the header deadline runs
@@ -31,7 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -98,97 +90,7 @@ pub struct GuardedStream {
     deadline: Pin<Box<Sleep>>,
     /// Our JSON answer in place of Pingora's bare 400, and how much of it is written.
     replacing: Option<(Vec<u8>, usize)>,
-    /// The `Date` of the next response header, in seconds since the epoch
-    /// (0: Pingora's own); see [`keep_date`].
-    keep_date: AtomicU64,
-    /// The kept `Date` being written over Pingora's in the current header.
-    date_patch: Option<DatePatch>,
     _open: OpenConnection,
-}
-
-/// Where a response header's `Date` value sits, what goes there, and how
-/// much of the header has been written.
-#[derive(Debug)]
-struct DatePatch {
-    value: [u8; DATE_LEN],
-    at: usize,
-    written: usize,
-}
-
-/// Length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-const DATE_LEN: usize = 29;
-
-/// `secs` as an IMF-fixdate, remembered per thread for the last value: the
-/// hits of one stored response share its `Date`.
-fn imf_fixdate(secs: u64) -> Option<[u8; DATE_LEN]> {
-    use std::cell::Cell;
-    thread_local! {
-        static LAST: Cell<Option<(u64, [u8; DATE_LEN])>> = const { Cell::new(None) };
-    }
-    LAST.with(|last| {
-        if let Some((s, v)) = last.get() {
-            if s == secs {
-                return Some(v);
-            }
-        }
-        let text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs));
-        let value: [u8; DATE_LEN] = text.as_bytes().try_into().ok()?;
-        last.set(Some((secs, value)));
-        Some(value)
-    })
-}
-
-impl DatePatch {
-    /// The patch for the response header at the start of `buf`, if it has a
-    /// `Date` field holding an IMF-fixdate.
-    fn find(buf: &[u8], secs: u64) -> Option<DatePatch> {
-        if !buf.starts_with(b"HTTP/1.") {
-            return None;
-        }
-        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 2;
-        let head = &buf[..head_end];
-        let line = head
-            .windows(7)
-            .position(|w| w.eq_ignore_ascii_case(b"\r\ndate:"))?;
-        let mut at = line + 7;
-        while head.get(at).is_some_and(|b| *b == b' ' || *b == b'\t') {
-            at += 1;
-        }
-        if head.get(at + DATE_LEN..at + DATE_LEN + 2) != Some(&b"\r\n"[..]) {
-            return None;
-        }
-        let value = imf_fixdate(secs)?;
-        Some(DatePatch {
-            value,
-            at,
-            written: 0,
-        })
-    }
-
-    /// Writes the next part of the header in `buf` (what is left of it after
-    /// the previous writes): up to the value, Pingora's bytes; then ours, for
-    /// as long as Pingora's value would have lasted. Short writes are allowed
-    /// and the caller resends what follows. Returns the write's result and
-    /// whether the patch is done (the rest goes through unchanged).
-    fn poll_write<W: AsyncWrite + Unpin>(
-        &mut self,
-        inner: &mut W,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> (Poll<io::Result<usize>>, bool) {
-        let r = if self.written < self.at {
-            let upto = (self.at - self.written).min(buf.len());
-            Pin::new(inner).poll_write(cx, &buf[..upto])
-        } else {
-            let from = self.written - self.at;
-            let len = (DATE_LEN - from).min(buf.len());
-            Pin::new(inner).poll_write(cx, &self.value[from..from + len])
-        };
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n;
-        }
-        (r, self.written >= self.at + DATE_LEN)
-    }
 }
 
 impl fmt::Debug for GuardedStream {
@@ -217,8 +119,6 @@ impl GuardedStream {
             header_timeout,
             deadline: Box::pin(tokio::time::sleep(header_timeout)),
             replacing: None,
-            keep_date: AtomicU64::new(0),
-            date_patch: None,
             _open: open,
         }
     }
@@ -297,30 +197,7 @@ pub fn header_complete(session: &Session) {
 pub fn request_done(session: &Session) {
     if let Some(g) = guarded(session) {
         g.phase.store(NEXT, Ordering::Release);
-        g.keep_date.store(0, Ordering::Relaxed);
     }
-}
-
-/// Called with a response header just before it is written: its `Date`, if
-/// it has a valid one that differs from what Pingora would write, goes out in
-/// place of Pingora's. A response the gateway makes itself has no `Date` and
-/// gets Pingora's. Over HTTP/2 Pingora's `Date` stands (no stream to patch).
-pub fn keep_date(session: &Session, resp: &pingora::http::ResponseHeader) {
-    let Some(date) = resp.headers.get(http::header::DATE) else {
-        return;
-    };
-    // The common case on a miss: the origin's clock agrees to the second.
-    if date.as_bytes() == pingora::protocols::http::date::get_cached_date().as_bytes() {
-        return;
-    }
-    let Some(g) = guarded(session) else { return };
-    let secs = date
-        .to_str()
-        .ok()
-        .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    g.keep_date.store(secs, Ordering::Relaxed);
 }
 
 impl AsyncRead for GuardedStream {
@@ -381,19 +258,6 @@ impl AsyncWrite for GuardedStream {
                 Poll::Pending => Poll::Pending,
             };
         }
-        if this.date_patch.is_none() && this.keep_date.load(Ordering::Relaxed) != 0 {
-            // The header follows its `keep_date` call: write_all hands it over
-            // whole, then what is left of it after each partial write.
-            let secs = this.keep_date.swap(0, Ordering::Relaxed);
-            this.date_patch = DatePatch::find(buf, secs);
-        }
-        if let Some(patch) = &mut this.date_patch {
-            let (r, done) = patch.poll_write(&mut this.inner, cx, buf);
-            if done {
-                this.date_patch = None;
-            }
-            return r;
-        }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -409,8 +273,6 @@ impl AsyncWrite for GuardedStream {
     ) -> Poll<io::Result<usize>> {
         let armed = self.h2_key.is_none() && self.phase.load(Ordering::Acquire) == ARMED;
         if self.replacing.is_some()
-            || self.date_patch.is_some()
-            || self.keep_date.load(Ordering::Relaxed) != 0
             || (armed && bufs.first().is_some_and(|b| b.starts_with(PINGORA_400)))
         {
             let first = bufs.first().map_or(&[][..], |b| &b[..]);
@@ -586,95 +448,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_date_patch_finds_pingoras_date_value() {
-        let head =
-            b"HTTP/1.1 200 OK\r\nx-date: no\r\nDate: Wed, 02 Dec 2026 17:00:00 GMT\r\n\r\nbody";
-        let p = DatePatch::find(head, 784_111_777).unwrap();
-        assert_eq!(
-            &head[p.at..p.at + DATE_LEN],
-            b"Wed, 02 Dec 2026 17:00:00 GMT"
-        );
-        assert_eq!(&p.value, b"Sun, 06 Nov 1994 08:49:37 GMT");
-        // No Date in the header (only in the body), or not a header at all.
-        assert!(DatePatch::find(b"HTTP/1.1 200 OK\r\n\r\n\r\ndate: x", 1).is_none());
-        assert!(
-            DatePatch::find(b"body\r\ndate: Wed, 02 Dec 2026 17:00:00 GMT\r\n\r\n", 1).is_none()
-        );
-    }
-
-    /// A socket that takes at most `max` bytes per write.
-    struct Trickle {
-        out: Vec<u8>,
-        max: usize,
-    }
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(self.max);
-            self.out.extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    /// The patching half of `GuardedStream::poll_write`.
-    struct Patched {
-        patch: Option<DatePatch>,
-        inner: Trickle,
-    }
-
-    impl AsyncWrite for Patched {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = &mut *self;
-            if let Some(patch) = &mut this.patch {
-                let (r, done) = patch.poll_write(&mut this.inner, cx, buf);
-                if done {
-                    this.patch = None;
-                }
-                return r;
-            }
-            Pin::new(&mut this.inner).poll_write(cx, buf)
-        }
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[test]
-    fn the_kept_date_replaces_pingoras_across_short_writes() {
-        let head = b"HTTP/1.1 200 OK\r\nDate: Wed, 02 Dec 2026 17:00:00 GMT\r\nx: 1\r\n\r\nbody";
-        let want = b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nx: 1\r\n\r\nbody";
-        for max in [1, 3, 7, 29, 4096] {
-            let mut w = Patched {
-                patch: DatePatch::find(head, 784_111_777),
-                inner: Trickle {
-                    out: Vec::new(),
-                    max,
-                },
-            };
-            futures::executor::block_on(w.write_all(head)).unwrap();
-            assert_eq!(w.inner.out, want, "{max} bytes per write");
-            assert!(w.patch.is_none());
-        }
-    }
 
     #[test]
     fn canned_answer_declares_its_length() {

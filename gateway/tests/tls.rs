@@ -286,16 +286,34 @@ async fn curl_http2_is_served_from_the_cache_with_https_forwarded_proto() {
     let tls = tls_addr();
     let gw = Gateway::start(&config(&origin, tls, &[(&pem, &key)], "")).await;
 
-    let path = "/resp?size=1024&h=cache-control:max-age%3D60";
+    // The origin's Date, 100 s in the past: kept over HTTP/2 too (RFC 9110
+    // §6.6.1), from the cache as well (RFC 9111 §4).
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(100));
+    let path = format!(
+        "/resp?size=1024&h=cache-control:max-age%3D600&h=date:{}",
+        date.replace(' ', "%20")
+            .replace(',', "%2C")
+            .replace(':', "%3A")
+    );
+    let path = path.as_str();
+    let date = date.to_ascii_lowercase(); // the curl helper reads headers lower-cased
     let first = curl(&pki, tls, "a.test", path, &["--http2"]).await;
     assert_eq!(first.version, "2");
     assert_eq!(first.status, 200);
     assert_eq!(first.body.len(), 1024);
     assert_eq!(first.header("x-cache").as_deref(), Some("miss"));
+    assert_eq!(first.header("date").as_deref(), Some(date.as_str()));
     let second = curl(&pki, tls, "a.test", path, &["--http2"]).await;
     assert_eq!(second.version, "2");
     assert_eq!(second.header("x-cache").as_deref(), Some("hit"));
     assert_eq!(second.body.len(), 1024);
+    assert_eq!(
+        second.header("date").as_deref(),
+        Some(date.as_str()),
+        "an HTTP/2 hit carries the stored Date"
+    );
+    let age: u64 = second.header("age").unwrap().parse().unwrap();
+    assert!(age >= 100, "Age counts from the stored Date: {age}");
     // HTTP/1.1 over TLS shares the entry.
     let h1 = curl(&pki, tls, "a.test", path, &["--http1.1"]).await;
     assert_eq!(h1.version, "1.1");

@@ -289,7 +289,7 @@ impl ProxyHttp for Gateway {
         response::prepare_response(session, upstream_response, ctx)?;
         cache::invalidate(session, upstream_response, ctx);
         cache::annotate(session, upstream_response, ctx)?;
-        crate::client::keep_date(session, upstream_response);
+        response::drop_invalid_date(upstream_response);
         Ok(())
     }
 

@@ -147,3 +147,18 @@ pub(super) async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ct
         can_reuse_downstream: false,
     }
 }
+
+/// A `Date` that is not a valid HTTP date is dropped, so that the server
+/// writes its own; a valid one (the origin's, or the stored response's on a
+/// hit) goes out as it is (RFC 9110 §6.6.1, RFC 9111 §4). The vendored
+/// pingora-core writes its `Date` only when a header has none
+/// (`vendor/pingora-core/PATCH.md`).
+pub(super) fn drop_invalid_date(resp: &mut ResponseHeader) {
+    let valid = resp.headers.get(http::header::DATE).is_none_or(|d| {
+        d.to_str()
+            .is_ok_and(|d| httpdate::parse_http_date(d.trim()).is_ok())
+    });
+    if !valid {
+        resp.remove_header(&http::header::DATE);
+    }
+}
