@@ -27,21 +27,13 @@ TOP=${TOP:-25}
 out=target/loadtests
 mkdir -p "$out"
 
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "missing: ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ensure_bench_tools valgrind:valgrind
 if [ "${BUILD:-1}" = 1 ]; then
   ensure_system_deps
   cargo build --release --locked -p gateway >/dev/null
 fi
 [ -x "$BIN" ] || die "no gateway binary at $BIN"
 
-pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
 ORIGIN=$(pick); GW_PORT=$(pick); GW_ADMIN=$(pick)
 dir=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$dir"; }

@@ -41,14 +41,7 @@ if [ -n "$DHAT" ]; then
   DURATION=$((DHAT_SECS + 15))s
 fi
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "missing: ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ensure_bench_tools
 if [ "${BUILD:-1}" = 1 ]; then
   ensure_system_deps
   cargo build --release --locked -p gateway -p upstream-app >/dev/null
@@ -56,7 +49,6 @@ fi
 [ -x "$BIN" ] || die "no gateway binary at $BIN"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
 ORIGIN=$(pick); GW_PORT=$(pick); GW_ADMIN=$(pick)
 dir=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$dir"; }

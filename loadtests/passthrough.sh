@@ -20,21 +20,10 @@ CONNECTIONS=${CONNECTIONS:-50}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    die "missing: ${need[*]} (apt-get install ${need[*]})"
-  fi
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ensure_bench_tools
 ensure_system_deps
 cargo build --release --locked -p gateway -p upstream-app >/dev/null  # one feature set for every script: no rebuild
 
-pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
 ORIGIN=$(pick); NGINX_PORT=$(pick); GW_PORT=$(pick); GW_ADMIN=$(pick)
 dir=$(mktemp -d)
 pids=()

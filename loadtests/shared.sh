@@ -26,7 +26,6 @@ ensure_system_deps
 cargo build --release -p gateway >/dev/null 2>&1 || cargo build --release -p gateway
 GW=target/release/gateway
 
-pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
 dir=$(mktemp -d); pids=()
 cleanup() {
   for p in "${pids[@]}" $(cat "$dir/redis.pid" 2>/dev/null); do kill "$p" 2>/dev/null || true; done

@@ -23,20 +23,11 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 DURATION=${DURATION:-10s}
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v openssl >/dev/null || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "missing: ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ensure_bench_tools openssl:openssl
 ensure_system_deps
 cargo build --release --locked -p gateway >/dev/null
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
 ORIGIN=$(pick); NGINX_PORT=$(pick); GW_PORT=$(pick); GW_TLS=$(pick); GW_ADMIN=$(pick)
 dir=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$dir"; }

@@ -204,3 +204,25 @@ sup_stop() {
   done
   wait 2>/dev/null || true
 }
+
+# ensure_bench_tools [command:package ...]: what the benchmarks in loadtests/
+# run: wrk, nginx (nginx-light: the comparison and the fixed-body origin) and
+# the extra commands given; installed with apt-get as root, else a clear
+# error naming the packages. Sets NGINX to nginx's path.
+ensure_bench_tools() {
+  local need=() entry
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+  for entry in "$@"; do
+    command -v "${entry%%:*}" >/dev/null || need+=("${entry#*:}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; } \
+      || die "missing: ${need[*]} (apt-get install ${need[*]})"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+}
+
+# pick: a free loopback port in 20000-39999 (for the benchmarks' processes).
+pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
