@@ -101,14 +101,8 @@ impl Issued {
         let cert = pem
             .parse_x509()
             .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-        let mut names = Vec::new();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for n in &san.value.general_names {
-                if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                    names.push(d.to_ascii_lowercase());
-                }
-            }
-        }
+        let leaf = rustls_pki_types::CertificateDer::from(pem.contents.as_slice());
+        let names = crate::certs::names_of(&leaf)?;
         let secs = cert.validity().not_after.timestamp();
         let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
         Ok(Self {

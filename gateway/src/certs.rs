@@ -107,8 +107,9 @@ fn load_pair(pair: &PemPair<'_>) -> Result<Loaded, String> {
     })
 }
 
-/// The host names a leaf certificate is for, lowercase.
-fn names_of(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+/// The host names a leaf certificate is for, lowercase (DNS subject
+/// alternative names, else the subject common name).
+pub(crate) fn names_of(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
