@@ -25,7 +25,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -90,8 +90,20 @@ pub struct GuardedStream {
     deadline: Pin<Box<Sleep>>,
     /// Our JSON answer in place of Pingora's bare 400, and how much of it is written.
     replacing: Option<(Vec<u8>, usize)>,
+    /// Small writes not yet sent: see [`WRITE_GATHER`].
+    pending: Vec<u8>,
     _open: OpenConnection,
 }
+
+/// Writes are gathered up to this many bytes and leave with the next write
+/// that does not fit, a flush, or the shutdown. The gateway's plain TCP
+/// listener has no write buffer below this stream (`CLIENT_L4_BUFFERS` in
+/// `server.rs`): gathering here, above the TLS layer, lets a small response's
+/// header and body leave in one `write` (one TLS record on HTTPS), and a larger
+/// body leave with the header already gathered in one vectored `write`
+/// (`writev`) instead of two sends, the first of them a header-only segment.
+/// The size is Pingora's default write buffer, one Ethernet segment's payload.
+const WRITE_GATHER: usize = pingora::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE;
 
 impl fmt::Debug for GuardedStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,6 +131,7 @@ impl GuardedStream {
             header_timeout,
             deadline: Box::pin(tokio::time::sleep(header_timeout)),
             replacing: None,
+            pending: Vec::new(),
             _open: open,
         }
     }
@@ -132,6 +145,58 @@ impl GuardedStream {
         let msg = closing_answer("408 Request Timeout", "request header timeout");
         let _ = Pin::new(&mut self.inner).poll_write(cx, &msg);
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
+    }
+
+    /// Sends the gathered bytes, all of them or an error.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.consumed(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// `n` gathered bytes have been sent.
+    fn consumed(&mut self, n: usize) {
+        if n >= self.pending.len() {
+            self.pending.clear();
+        } else {
+            self.pending.drain(..n);
+        }
+    }
+
+    /// A write through the gathering buffer (see [`WRITE_GATHER`]).
+    fn poll_gathered(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            if self.pending.len() + buf.len() <= WRITE_GATHER {
+                self.pending.extend_from_slice(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+            if self.pending.is_empty() {
+                return Pin::new(&mut self.inner).poll_write(cx, buf);
+            }
+            if !self.inner.is_write_vectored() {
+                // TLS: the gathered bytes go first, as their own record.
+                ready!(self.poll_drain(cx))?;
+                continue;
+            }
+            let gathered = self.pending.len();
+            let bufs = [io::IoSlice::new(&self.pending), io::IoSlice::new(buf)];
+            match ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs)) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) if n > gathered => {
+                    self.pending.clear();
+                    return Poll::Ready(Ok(n - gathered));
+                }
+                // Only (some of) the gathered bytes left: try again.
+                Ok(n) => self.consumed(n),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 
     /// Writes what is left of the replacement answer.
@@ -258,12 +323,14 @@ impl AsyncWrite for GuardedStream {
                 Poll::Pending => Poll::Pending,
             };
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        this.poll_gathered(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
@@ -278,6 +345,8 @@ impl AsyncWrite for GuardedStream {
             let first = bufs.first().map_or(&[][..], |b| &b[..]);
             return self.poll_write(cx, first);
         }
+        // Rare (Pingora writes with `write_all`): the gathered bytes go first.
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -288,6 +357,7 @@ impl AsyncWrite for GuardedStream {
 #[async_trait]
 impl Shutdown for GuardedStream {
     async fn shutdown(&mut self) {
+        let _ = std::future::poll_fn(|cx| self.poll_drain(cx)).await;
         Shutdown::shutdown(self.inner.as_mut()).await
     }
 }

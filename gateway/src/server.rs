@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 
@@ -275,11 +275,13 @@ impl BackgroundService for SharedChannel {
 /// with one `read` per call either way, so without it they read straight from
 /// the socket and save a copy. (Pingora's reason for the buffer is TLS, whose
 /// layer reads in record-sized pieces: a TLS listener should measure its own.)
-/// The write side keeps Pingora's 1460 bytes, which lets a small response's
-/// header and body leave in one `write`.
+/// The write side has no buffer here either: the client stream above it gathers
+/// small writes itself (`client::WRITE_GATHER`), so that a response's header
+/// and a large body leave in one vectored `write`, which Pingora's write buffer
+/// cannot do (it sends what it holds before a write larger than itself).
 const CLIENT_L4_BUFFERS: L4BufferSettings = L4BufferSettings {
     read: Some(0),
-    write: Some(DEFAULT_L4_WRITE_BUFFER_SIZE),
+    write: Some(0),
 };
 
 /// Pingora's process settings from ours.

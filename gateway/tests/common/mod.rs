@@ -172,6 +172,12 @@ impl Drop for Origin {
 /// `If-None-Match` equals the scripted `ETag` gets 304, whose `h304=Name:Value`
 /// fields replace the scripted ones of that name; `delay=ms` answers late;
 /// `failable` answers 500 while [`Origin::healthy`] is false.
+/// The body `/resp?pattern&size=N` answers: byte `i` is `i % 251`, so a lost,
+/// repeated or reordered piece shows.
+pub fn pattern_body(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
 async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     let mut status = 200u16;
     let mut size = 5usize;
@@ -180,6 +186,7 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     let mut honour_inm = false;
     let mut delay_ms = 0u64;
     let mut hold = false;
+    let mut pattern = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v);
@@ -187,6 +194,8 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
             "status" => status = v.parse().unwrap(),
             "size" => size = v.parse().unwrap(),
             "inm304" => honour_inm = true,
+            // A body whose every byte depends on its offset (see `pattern_body`).
+            "pattern" => pattern = true,
             "delay" => delay_ms = v.parse().unwrap(),
             // Answers 500 while the origin is marked unhealthy.
             "failable" if !s.healthy.load(Ordering::SeqCst) => status = 500,
@@ -250,7 +259,12 @@ async fn scripted(query: &str, s: &OriginState, seen: Seen) -> Response {
     if hold {
         s.release.notified().await;
     }
-    let mut resp = Response::new(Body::from(vec![b'x'; size]));
+    let body = if pattern {
+        pattern_body(size)
+    } else {
+        vec![b'x'; size]
+    };
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
     for (k, v) in headers {
         resp.headers_mut().append(
