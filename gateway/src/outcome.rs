@@ -91,7 +91,9 @@ impl CacheOutcome {
         by_request: bool,
         vary_miss: bool,
     ) -> String {
-        let mut s = String::from("gateway");
+        // Room for the common values without growing.
+        let mut s = String::with_capacity(64);
+        s.push_str("gateway");
         match self {
             // The stored response could not be used because of the request's directives.
             Self::Revalidated | Self::Expired | Self::Miss | Self::Uncacheable if by_request => {
@@ -105,20 +107,23 @@ impl CacheOutcome {
             Self::Bypass => s.push_str("; fwd=bypass"),
         }
         if let Some(code) = fwd_status {
-            let _ = write!(s, "; fwd-status={code}");
+            s.push_str("; fwd-status=");
+            s.push_str(itoa::Buffer::new().format(code));
         }
         if stored {
             s.push_str("; stored");
         }
         if let Some(ttl) = ttl {
-            let _ = write!(s, "; ttl={ttl}");
+            s.push_str("; ttl=");
+            s.push_str(itoa::Buffer::new().format(ttl));
         }
         if let Some(k) = key {
             let escaped = k.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = write!(s, "; key=\"{escaped}\"");
         }
         if let Some(d) = detail {
-            let _ = write!(s, "; detail={d}");
+            s.push_str("; detail=");
+            s.push_str(d);
         }
         s
     }

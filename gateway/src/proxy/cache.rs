@@ -223,14 +223,18 @@ pub(super) fn annotate(session: &Session, resp: &mut ResponseHeader, ctx: &mut C
             // only; a revalidated response gets it here too. One revalidated
             // but not stored again (the 304 made it uncacheable) is as old
             // as that 304.
-            let age = match (session.cache.phase(), ctx.cache.not_modified.as_deref()) {
-                (CachePhase::RevalidatedNoCache(_), Some(not_modified)) => {
-                    let delay = ctx.upstream_elapsed.unwrap_or_default();
-                    policy::age_on_arrival(not_modified, now, delay)
-                }
-                _ => now.duration_since(meta.epoch()).unwrap_or_default(),
-            };
-            resp.insert_header(header::AGE, age.as_secs())?;
+            // A response served without the upstream already has this Age
+            // from Pingora (`cache_hit_header`: now minus the same epoch).
+            if session.cache.upstream_used() {
+                let age = match (session.cache.phase(), ctx.cache.not_modified.as_deref()) {
+                    (CachePhase::RevalidatedNoCache(_), Some(not_modified)) => {
+                        let delay = ctx.upstream_elapsed.unwrap_or_default();
+                        policy::age_on_arrival(not_modified, now, delay)
+                    }
+                    _ => now.duration_since(meta.epoch()).unwrap_or_default(),
+                };
+                resp.insert_header(header::AGE, age.as_secs())?;
+            }
             Some(match meta.fresh_until().duration_since(now) {
                 Ok(left) => left.as_secs() as i64,
                 Err(past) => -(past.duration().as_secs() as i64),

@@ -10,7 +10,10 @@ use crate::hop_by_hop;
 use crate::request_id;
 
 /// `Surrogate-Key` and `Cache-Tag`: purge tags meant for caches, not clients.
-const TAG_HEADERS: [&str; 2] = ["surrogate-key", "cache-tag"];
+const TAG_HEADERS: [http::HeaderName; 2] = [
+    http::HeaderName::from_static("surrogate-key"),
+    http::HeaderName::from_static("cache-tag"),
+];
 
 /// Headers of every proxied (or cached) response: hop-by-hop ones gone, purge
 /// tags gone (unless `keep_surrogate_keys`), the gateway's own targeted
@@ -29,8 +32,10 @@ pub(super) fn prepare_response(
                 None => snap.config.cache.keep_surrogate_keys,
             });
     if !keep_tags {
-        for h in TAG_HEADERS {
-            resp.remove_header(h);
+        for h in &TAG_HEADERS {
+            if resp.headers.contains_key(h) {
+                resp.remove_header(h);
+            }
         }
     }
     if let Some(snap) = ctx.snapshot.as_deref() {
@@ -154,11 +159,64 @@ pub(super) async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ct
 /// pingora-core writes its `Date` only when a header has none
 /// (`vendor/pingora-core/PATCH.md`).
 pub(super) fn drop_invalid_date(resp: &mut ResponseHeader) {
-    let valid = resp.headers.get(http::header::DATE).is_none_or(|d| {
-        d.to_str()
-            .is_ok_and(|d| httpdate::parse_http_date(d.trim()).is_ok())
-    });
+    let valid = resp
+        .headers
+        .get(http::header::DATE)
+        .is_none_or(|d| valid_date(d.as_bytes()));
     if !valid {
         resp.remove_header(&http::header::DATE);
+    }
+}
+
+/// Whether `date` is an HTTP date. The last valid value is remembered per
+/// thread: an origin's `Date` changes once a second and a stored response's
+/// never, so most checks are one comparison instead of a parse.
+fn valid_date(date: &[u8]) -> bool {
+    thread_local! {
+        static LAST_VALID: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    LAST_VALID.with(|last| {
+        let mut last = last.borrow_mut();
+        if *last == date {
+            return true;
+        }
+        let valid =
+            std::str::from_utf8(date).is_ok_and(|d| httpdate::parse_http_date(d.trim()).is_ok());
+        if valid {
+            last.clear();
+            last.extend_from_slice(date);
+        }
+        valid
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_dates_are_valid_whatever_was_seen_before() {
+        let good = b"Thu, 03 Dec 2026 08:24:57 GMT";
+        for _ in 0..2 {
+            assert!(valid_date(good));
+            assert!(!valid_date(b"Thu, 03 Dec 2026 08:24:57 GMX"));
+            assert!(!valid_date(b"yesterday"));
+            assert!(!valid_date(b""));
+            assert!(!valid_date(&good[..20]));
+        }
+        assert!(valid_date(b"Thursday, 03-Dec-26 08:24:57 GMT"));
+        assert!(valid_date(good));
+    }
+
+    #[test]
+    fn an_invalid_date_is_dropped_and_a_valid_one_kept() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("date", "Thu, 03 Dec 2026 08:24:57 GMT")
+            .unwrap();
+        drop_invalid_date(&mut resp);
+        assert!(resp.headers.contains_key("date"));
+        resp.insert_header("date", "soon").unwrap();
+        drop_invalid_date(&mut resp);
+        assert!(!resp.headers.contains_key("date"));
     }
 }
