@@ -17,7 +17,8 @@ source scripts/lib.sh
 DURATION=${DURATION:-10s}
 ensure_bench_tools
 ensure_system_deps
-cargo build --release --locked -p gateway -p upstream-app >/dev/null  # one feature set for every script: no rebuild
+BIN=${BIN:-target/release/gateway}  # BIN=<binary> BUILD=0: another build, same harness
+[ "${BUILD:-1}" = 0 ] || cargo build --release --locked -p gateway -p upstream-app >/dev/null  # one feature set for every script: no rebuild
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 ORIGIN=$(pick); NGINX_PORT=$(pick); GW_PORT=$(pick); GW_ADMIN=$(pick)
@@ -62,7 +63,7 @@ upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 routes: [{ name: all, match: { path_prefix: / }, upstream: origin, cache: { enabled: true } }]
 YAML
 # Pingora logs every client that hangs up mid-body at ERROR: keep that out of the report.
-RUST_LOG=error taskset -c 0 target/release/gateway -c "$dir/gateway.yaml" 2>"$dir/gateway.log" & pids+=($!)
+RUST_LOG=error taskset -c 0 "$BIN" -c "$dir/gateway.yaml" 2>"$dir/gateway.log" & pids+=($!)
 GW_PID=$!
 for url in "http://127.0.0.1:$ORIGIN/1k" "http://127.0.0.1:$NGINX_PORT/1k" "http://127.0.0.1:$GW_ADMIN/ready"; do
   wait_http "$url" 20 || die "$url did not come up"

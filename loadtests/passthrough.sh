@@ -22,7 +22,8 @@ LOAD_CORE=${LOAD_CORE:-1}
 
 ensure_bench_tools
 ensure_system_deps
-cargo build --release --locked -p gateway -p upstream-app >/dev/null  # one feature set for every script: no rebuild
+BIN=${BIN:-target/release/gateway}  # BIN=<binary> BUILD=0: another build, same harness
+[ "${BUILD:-1}" = 0 ] || cargo build --release --locked -p gateway -p upstream-app >/dev/null  # one feature set for every script: no rebuild
 
 ORIGIN=$(pick); NGINX_PORT=$(pick); GW_PORT=$(pick); GW_ADMIN=$(pick)
 dir=$(mktemp -d)
@@ -63,7 +64,7 @@ upstreams:
 routes:
   - { name: all, match: { path_prefix: / }, upstream: origin }
 YAML
-RUST_LOG=warn taskset -c "$PROXY_CORE" target/release/gateway -c "$dir/gateway.yaml" & pids+=($!)
+RUST_LOG=warn taskset -c "$PROXY_CORE" "$BIN" -c "$dir/gateway.yaml" & pids+=($!)
 
 for url in "http://127.0.0.1:$ORIGIN/" "http://127.0.0.1:$NGINX_PORT/" "http://127.0.0.1:$GW_ADMIN/ready"; do
   wait_http "$url" 20 || die "$url did not come up"

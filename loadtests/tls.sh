@@ -25,7 +25,8 @@ source scripts/lib.sh
 DURATION=${DURATION:-10s}
 ensure_bench_tools openssl:openssl
 ensure_system_deps
-cargo build --release --locked -p gateway >/dev/null
+BIN=${BIN:-target/release/gateway}  # BIN=<binary> BUILD=0: another build, same harness
+[ "${BUILD:-1}" = 0 ] || cargo build --release --locked -p gateway -p upstream-app >/dev/null
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 ORIGIN=$(pick); NGINX_PORT=$(pick); GW_PORT=$(pick); GW_TLS=$(pick); GW_ADMIN=$(pick)
@@ -88,7 +89,7 @@ cache: { max_size: 256MiB, max_object_size: 8MiB }
 upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 routes: [{ name: all, match: { path_prefix: / }, upstream: origin, cache: { enabled: true } }]
 YAML
-RUST_LOG=error taskset -c 0 target/release/gateway -c "$dir/gateway.yaml" 2>"$dir/gateway.log" & pids+=($!)
+RUST_LOG=error taskset -c 0 "$BIN" -c "$dir/gateway.yaml" 2>"$dir/gateway.log" & pids+=($!)
 GW_PID=$!
 for url in "http://127.0.0.1:$ORIGIN/1k" "https://127.0.0.1:$NGINX_PORT/1k" "http://127.0.0.1:$GW_ADMIN/ready"; do
   curl_ok() { curl -kfsS -o /dev/null --max-time 1 "$1" 2>/dev/null; }
