@@ -286,7 +286,8 @@ impl HttpSession {
 
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            // PATCH (gateway, issue #23, see PATCH.md): room for the fields a proxy adds.
+                            Some(resp.headers.len() + crate::protocols::http::v1::common::HEADER_ROOM),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),

@@ -31,6 +31,11 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// PATCH (gateway, issue #23, see PATCH.md): header slots reserved beyond the
+/// parsed fields, for the fields a proxy adds (forwarding headers, request id,
+/// cache status), so that adding them does not grow and rehash both header maps.
+pub(crate) const HEADER_ROOM: usize = 8;
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";

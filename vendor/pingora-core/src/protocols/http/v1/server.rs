@@ -353,7 +353,8 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // PATCH (gateway, issue #23, see PATCH.md): room for the fields a proxy adds.
+                            Some(req.headers.len() + crate::protocols::http::v1::common::HEADER_ROOM),
                         )?);
 
                         request_header.set_version(match req.version {
