@@ -173,6 +173,10 @@ impl GuardedStream {
     fn poll_gathered(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             if self.pending.len() + buf.len() <= WRITE_GATHER {
+                if self.pending.capacity() == 0 {
+                    // Allocated on the first write, once, at its full size.
+                    self.pending.reserve_exact(WRITE_GATHER);
+                }
                 self.pending.extend_from_slice(buf);
                 return Poll::Ready(Ok(buf.len()));
             }
@@ -502,7 +506,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         }
         let stream = match (&self.tls, snap.config.tls.as_ref()) {
             (None, _) => stream,
-            (Some(acceptors), Some(tls)) => acceptors.accept(stream, tls).await.ok()?,
+            // Boxed: inlined, the TLS handshake's state (about 7 KiB) would
+            // stay in this future, which lives as long as the connection,
+            // plain TCP ones included (dhat, `loadtests/conn_memory.sh`).
+            (Some(acceptors), Some(tls)) => Box::pin(acceptors.accept(stream, tls)).await.ok()?,
             (Some(_), None) => return None,
         };
         drop(snap);
