@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Before/after on one harness: two gateway builds and nginx proxy_cache take
+# turns on the same URL, round after round, so that a drift in the machine's
+# speed (this VM's moves by tens of percent within minutes) hits all three
+# alike. Same setup as loadtests/cache.sh: each proxy pinned to core 0 with one
+# worker/thread, wrk and the origin (a tiny nginx) on core 1. The gateway is
+# restarted for each run and its cache warmed first; every run checks it hits.
+#
+#   A=/tmp/gateway-before B=target/release/gateway loadtests/ab.sh
+#   CASES="/1k:64 /64k:64 /1k:2000" ROUNDS=5 DURATION=8s   # the defaults
+#
+# Prints one line per run and, at the end, the median of each case and target.
+set -euo pipefail
+[ -n "${TRACE:-}" ] && set -x
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+A=${A:?A=<gateway binary, before>}; B=${B:?B=<gateway binary, after>}
+CASES=${CASES:-/1k:64 /64k:64 /1k:2000}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-8s}
+ensure_bench_tools
+[ -x "$A" ] && [ -x "$B" ] || die "A and B must be gateway binaries"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+ORIGIN=$(pick); NGINX_PORT=$(pick); GW_PORT=$(pick); GW_ADMIN=$(pick)
+dir=$(mktemp -d); pids=(); GW_PID=
+cleanup() {
+  for p in "${pids[@]}" $GW_PID; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true; rm -rf "$dir"
+}
+trap cleanup EXIT
+
+mkdir -p "$dir/www" "$dir/origin" "$dir/proxy/cache"
+head -c 1024 /dev/zero | tr '\0' 'a' > "$dir/www/1k"
+head -c 65536 /dev/zero | tr '\0' 'b' > "$dir/www/64k"
+chmod -R a+rwX "$dir"   # nginx workers run as an unprivileged user
+common="worker_rlimit_nofile 65536; events { worker_connections 8192; }"
+temp() { echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"; }
+cat > "$dir/origin/nginx.conf" <<CONF
+worker_processes 1; error_log $dir/origin/error.log warn; pid $dir/origin/pid; $common
+http { access_log off; $(temp "$dir/origin") keepalive_requests 10000000;
+  server { listen 127.0.0.1:$ORIGIN; root $dir/www; etag off;
+    location / { add_header Cache-Control "max-age=3600"; } } }
+CONF
+cat > "$dir/proxy/nginx.conf" <<CONF
+worker_processes 1; error_log $dir/proxy/error.log warn; pid $dir/proxy/pid; $common
+http { access_log off; $(temp "$dir/proxy") keepalive_requests 10000000;
+  proxy_cache_path $dir/proxy/cache levels=1:2 keys_zone=c:64m max_size=256m inactive=1h;
+  upstream app { server 127.0.0.1:$ORIGIN; keepalive 64; }
+  server { listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache c; add_header X-Cache \$upstream_cache_status; } } }
+CONF
+taskset -c 1 "$NGINX" -p "$dir/origin" -c "$dir/origin/nginx.conf" -g 'daemon off;' & pids+=($!)
+taskset -c 0 "$NGINX" -p "$dir/proxy" -c "$dir/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
+cat > "$dir/gateway.yaml" <<YAML
+listen: "127.0.0.1:$GW_PORT"
+threads: 1
+pid_file: $dir/gateway.pid
+upgrade_sock: $dir/upgrade.sock
+admin: { listen: "127.0.0.1:$GW_ADMIN" }
+access_log: { enabled: false }
+client: { max_connections: 20000 }
+cache: { max_size: 256MiB, max_object_size: 8MiB }
+upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
+routes: [{ name: all, match: { path_prefix: / }, upstream: origin, cache: { enabled: true } }]
+YAML
+wait_http "http://127.0.0.1:$ORIGIN/1k" 20 || die "origin did not come up"
+wait_http "http://127.0.0.1:$NGINX_PORT/1k" 20 || die "nginx did not come up"
+
+start_gateway() { # binary
+  if [ -n "$GW_PID" ]; then
+    kill -9 "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true
+  fi
+  local i
+  for i in $(seq 100); do port_free "$GW_PORT" && port_free "$GW_ADMIN" && break; sleep 0.1; done
+  RUST_LOG=error taskset -c 0 "$1" -c "$dir/gateway.yaml" 2>"$dir/gateway.log" &
+  GW_PID=$!
+  wait_http "http://127.0.0.1:$GW_ADMIN/ready" 20 || die "$1 did not come up: $(tail -3 "$dir/gateway.log")"
+}
+warm() { # port path target
+  curl -fsS -o /dev/null "http://127.0.0.1:$1$2"; curl -fsS -o /dev/null "http://127.0.0.1:$1$2"
+  curl -fsS -D - -o /dev/null "http://127.0.0.1:$1$2" | grep -qi '^x-cache: HIT' || die "$3 does not hit $2"
+}
+run() { # label port path conns
+  local threads=1; [ "$4" -gt 1000 ] && threads=2
+  local out; out=$(taskset -c 1 wrk -t"$threads" -c"$4" -d"$DURATION" --latency "http://127.0.0.1:$2$3")
+  local rate p99
+  rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "$1 $3 $4 $rate $p99 $(awk '/Non-2xx|Socket errors/' <<<"$out" | tr '\n' ' ')" | tee -a "$dir/results"
+}
+
+echo "wrk -d$DURATION, $ROUNDS rounds; proxies on core 0, wrk + origin on core 1"
+echo "target path connections requests/s p99"
+warm "$NGINX_PORT" /1k nginx; warm "$NGINX_PORT" /64k nginx
+for r in $(seq "$ROUNDS"); do
+  for c in $CASES; do
+    path=${c%%:*}; conns=${c##*:}
+    for side in A B; do
+      bin=$A; [ "$side" = B ] && bin=$B
+      start_gateway "$bin"; warm "$GW_PORT" "$path" "gateway $side"
+      run "$side" "$GW_PORT" "$path" "$conns"
+    done
+    run nginx "$NGINX_PORT" "$path" "$conns"
+  done
+done
+echo
+echo "| case | A (before) | B (after) | nginx | A/nginx | B/nginx |"
+echo "|---|---|---|---|---|---|"
+python3 - "$dir/results" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    who, path, conns, rate = line.split()[:4]
+    runs[(path, conns)].append((who, float(rate)))
+for (path, conns), rs in runs.items():
+    med = {w: statistics.median(r for x, r in rs if x == w) for w in ("A", "B", "nginx")}
+    print(f"| {path}, {conns} connections | {med['A']:,.0f}/s | {med['B']:,.0f}/s | {med['nginx']:,.0f}/s"
+          f" | {med['A'] / med['nginx']:.2f} | {med['B'] / med['nginx']:.2f} |")
+PY
