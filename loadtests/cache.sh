@@ -31,37 +31,9 @@ head -c 1024 /dev/zero | tr '\0' 'a' > "$dir/www/1k"
 head -c 65536 /dev/zero | tr '\0' 'b' > "$dir/www/64k"
 head -c 65536 /dev/zero | tr '\0' 'c' > "$dir/www/fill"
 chmod -R a+rwX "$dir"   # nginx workers run as an unprivileged user
-common="worker_rlimit_nofile 65536; events { worker_connections 8192; }"
-temp() { echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"; }
-cat > "$dir/origin/nginx.conf" <<CONF
-worker_processes 1; error_log $dir/origin/error.log warn; pid $dir/origin/pid; $common
-http { access_log off; $(temp "$dir/origin")
-  server { listen 127.0.0.1:$ORIGIN; root $dir/www; etag off;
-    location / { add_header Cache-Control "max-age=3600"; try_files \$uri /fill; } } }
-CONF
-cat > "$dir/proxy/nginx.conf" <<CONF
-worker_processes 1; error_log $dir/proxy/error.log warn; pid $dir/proxy/pid; $common
-http { access_log off; $(temp "$dir/proxy")
-  proxy_cache_path $dir/proxy/cache levels=1:2 keys_zone=c:64m max_size=256m inactive=1h;
-  upstream app { server 127.0.0.1:$ORIGIN; keepalive 64; }
-  server { listen 127.0.0.1:$NGINX_PORT;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_cache c; add_header X-Cache \$upstream_cache_status; } } }
-CONF
+cache_bench_configs "$dir" "$ORIGIN" "$NGINX_PORT" "$GW_PORT" "$GW_ADMIN"
 taskset -c 1 "$NGINX" -p "$dir/origin" -c "$dir/origin/nginx.conf" -g 'daemon off;' & pids+=($!)
 taskset -c 0 "$NGINX" -p "$dir/proxy" -c "$dir/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
-cat > "$dir/gateway.yaml" <<YAML
-listen: "127.0.0.1:$GW_PORT"
-threads: 1
-pid_file: $dir/gateway.pid
-upgrade_sock: $dir/upgrade.sock
-admin: { listen: "127.0.0.1:$GW_ADMIN" }
-access_log: { enabled: false }
-client: { max_connections: 20000 }
-cache: { max_size: 256MiB, max_object_size: 8MiB }
-upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
-routes: [{ name: all, match: { path_prefix: / }, upstream: origin, cache: { enabled: true } }]
-YAML
 # Pingora logs every client that hangs up mid-body at ERROR: keep that out of the report.
 RUST_LOG=error taskset -c 0 "$BIN" -c "$dir/gateway.yaml" 2>"$dir/gateway.log" & pids+=($!)
 GW_PID=$!

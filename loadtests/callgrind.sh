@@ -44,11 +44,10 @@ head -c 1024 /dev/zero | tr '\0' 'a' > "$dir/www/c/1k"
 head -c 65536 /dev/zero | tr '\0' 'b' > "$dir/www/c/64k"
 cp "$dir/www/c/1k" "$dir/www/p/1k"
 chmod -R a+rwX "$dir"
-temp() { echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"; }
 cat > "$dir/origin/nginx.conf" <<CONF
 worker_processes 1; error_log $dir/origin/error.log warn; pid $dir/origin/pid;
 events { worker_connections 1024; }
-http { access_log off; $(temp "$dir/origin") keepalive_requests 1000000;
+http { access_log off; $(nginx_temp "$dir/origin") keepalive_requests 1000000;
   server { listen 127.0.0.1:$ORIGIN; root $dir/www; etag off;
     location /c/ { add_header Cache-Control "max-age=3600"; }
     location /p/ { add_header Cache-Control "no-store"; } } }

@@ -57,11 +57,10 @@ trap cleanup EXIT
 mkdir -p "$dir/www" "$dir/origin"
 head -c 2048 /dev/zero | tr '\0' 'a' > "$dir/www/body"
 chmod -R a+rwX "$dir"   # nginx workers run as an unprivileged user
-temp() { echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"; }
 cat > "$dir/origin/nginx.conf" <<CONF
 worker_processes 1; error_log $dir/origin/error.log warn; pid $dir/origin/pid;
 worker_rlimit_nofile 65536; events { worker_connections 8192; }
-http { access_log off; $(temp "$dir/origin") keepalive_requests 1000000;
+http { access_log off; $(nginx_temp "$dir/origin") keepalive_requests 1000000;
   server { listen 127.0.0.1:$ORIGIN; root $dir/www; etag off;
     location / { add_header Cache-Control "max-age=5"; try_files /body =404; } } }
 CONF

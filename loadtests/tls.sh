@@ -50,16 +50,15 @@ open(sys.argv[1], "w").write(text[:16384])
 PY
 chmod -R a+rwX "$dir"   # nginx workers run as an unprivileged user
 common="worker_rlimit_nofile 65536; events { worker_connections 8192; }"
-temp() { echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"; }
 cat > "$dir/origin/nginx.conf" <<CONF
 worker_processes 1; error_log $dir/origin/error.log warn; pid $dir/origin/pid; $common
-http { access_log off; default_type text/plain; $(temp "$dir/origin")
+http { access_log off; default_type text/plain; $(nginx_temp "$dir/origin")
   server { listen 127.0.0.1:$ORIGIN; root $dir/www; etag off;
     location / { add_header Cache-Control "max-age=3600"; } } }
 CONF
 cat > "$dir/proxy/nginx.conf" <<CONF
 worker_processes 1; error_log $dir/proxy/error.log warn; pid $dir/proxy/pid; $common
-http { access_log off; $(temp "$dir/proxy")
+http { access_log off; $(nginx_temp "$dir/proxy")
   proxy_cache_path $dir/proxy/cache levels=1:2 keys_zone=c:64m max_size=256m inactive=1h;
   upstream app { server 127.0.0.1:$ORIGIN; keepalive 64; }
   gzip on; gzip_comp_level 5; gzip_min_length 1024; gzip_proxied any; gzip_vary on;

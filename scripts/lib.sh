@@ -224,5 +224,48 @@ ensure_bench_tools() {
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 }
 
+# nginx_temp DIR: nginx's temporary-file paths under DIR (benchmarks' nginx configs).
+nginx_temp() { echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"; }
+
+# cache_bench_configs DIR ORIGIN NGINX_PORT GW_PORT GW_ADMIN: the cache
+# benchmarks' three configs (loadtests/cache.sh, ab.sh, conn_memory.sh):
+# DIR/origin/nginx.conf, a tiny nginx serving DIR/www with
+# Cache-Control: max-age=3600 (an unknown path gets DIR/www/fill);
+# DIR/proxy/nginx.conf, nginx proxy_cache in front of it (one worker); and
+# DIR/gateway.yaml, the gateway caching everything (one thread, no access log).
+cache_bench_configs() {
+  local dir=$1 origin=$2 nginx_port=$3 gw_port=$4 gw_admin=$5
+  local common="worker_rlimit_nofile 65536; events { worker_connections 8192; }"
+  mkdir -p "$dir/origin" "$dir/proxy/cache"
+  cat > "$dir/origin/nginx.conf" <<CONF
+worker_processes 1; error_log $dir/origin/error.log warn; pid $dir/origin/pid; $common
+http { access_log off; $(nginx_temp "$dir/origin") keepalive_requests 10000000;
+  server { listen 127.0.0.1:$origin; root $dir/www; etag off;
+    location / { add_header Cache-Control "max-age=3600"; try_files \$uri /fill; } } }
+CONF
+  cat > "$dir/proxy/nginx.conf" <<CONF
+worker_processes 1; error_log $dir/proxy/error.log warn; pid $dir/proxy/pid; $common
+http { access_log off; $(nginx_temp "$dir/proxy") keepalive_requests 10000000;
+  proxy_cache_path $dir/proxy/cache levels=1:2 keys_zone=c:64m max_size=256m inactive=1h;
+  upstream app { server 127.0.0.1:$origin; keepalive 64; }
+  server { listen 127.0.0.1:$nginx_port;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache c; add_header X-Cache \$upstream_cache_status; } } }
+CONF
+  cat > "$dir/gateway.yaml" <<YAML
+listen: "127.0.0.1:$gw_port"
+threads: 1
+pid_file: $dir/gateway.pid
+upgrade_sock: $dir/upgrade.sock
+admin: { listen: "127.0.0.1:$gw_admin" }
+access_log: { enabled: false }
+client: { max_connections: 20000 }
+cache: { max_size: 256MiB, max_object_size: 8MiB }
+upstreams: { origin: { servers: ["127.0.0.1:$origin"] } }
+routes: [{ name: all, match: { path_prefix: / }, upstream: origin, cache: { enabled: true } }]
+YAML
+  chmod -R a+rwX "$dir/origin" "$dir/proxy"  # nginx workers run as an unprivileged user
+}
+
 # pick: a free loopback port in 20000-39999 (for the benchmarks' processes).
 pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
