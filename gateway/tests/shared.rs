@@ -147,8 +147,11 @@ impl RedisServer {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false;
             }
-            if self.cmd::<String>(&redis::cmd("PING")).await.is_ok() {
-                return true;
+            // This very process (its pid): a port reserved and released may be
+            // another test's Redis, and ours then exits after the PING.
+            let pid = self.child.as_ref().map(|c| c.id());
+            if let Ok(info) = self.cmd::<String>(redis::cmd("INFO").arg("server")).await {
+                return redis_pid(&info) == pid;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -479,7 +479,9 @@ impl Drop for Gateway {
 
 /// Polls `GET /health` on the admin port until this very process answers (its
 /// pid: a port reserved and released may be taken by another test's gateway)
-/// and its main listener accepts; fails when the process exits or `WAIT` passes.
+/// and its main listener is a listening socket of this process (an accepted
+/// connection alone could be another test's gateway that took the port first);
+/// fails when the process exits or `WAIT` passes.
 async fn wait_ready(child: &mut Child, admin: SocketAddr, listen: SocketAddr) -> Result<(), ()> {
     let deadline = Instant::now() + WAIT;
     let c = reqwest::Client::builder()
@@ -496,7 +498,7 @@ async fn wait_ready(child: &mut Child, admin: SocketAddr, listen: SocketAddr) ->
                 && r.json::<serde_json::Value>()
                     .await
                     .is_ok_and(|v| v["pid"] == child.id());
-            if ours && tokio::net::TcpStream::connect(listen).await.is_ok() {
+            if ours && listens_on(child.id(), listen) {
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 if let Ok(None) = child.try_wait() {
                     return Ok(());
@@ -507,6 +509,40 @@ async fn wait_ready(child: &mut Child, admin: SocketAddr, listen: SocketAddr) ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(())
+}
+
+/// Whether process `pid` holds a TCP socket listening on `addr` (Linux: the
+/// socket inodes of `/proc/net/tcp{,6}` in state LISTEN against `/proc/<pid>/fd`).
+pub fn listens_on(pid: u32, addr: SocketAddr) -> bool {
+    let table = if addr.is_ipv4() { "tcp" } else { "tcp6" };
+    let Ok(text) = std::fs::read_to_string(format!("/proc/net/{table}")) else {
+        return false;
+    };
+    let port = format!("{:04X}", addr.port());
+    let inodes: Vec<String> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            let inode = f.get(9)?;
+            (local_port == port && *f.get(3)? == "0A").then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
+/// The `process_id` field of a Redis `INFO server` reply.
+pub fn redis_pid(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Runs the gateway binary to completion (e.g. `-t`), returning code, stdout and stderr.

@@ -78,12 +78,14 @@ impl RedisServer {
             }
             if let Ok(client) = redis::Client::open(self.url()) {
                 if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING")
+                    // This very process (its pid): a port reserved and released may
+                    // be another test's Redis, and ours then exits after answering.
+                    if let Ok(info) = redis::cmd("INFO")
+                        .arg("server")
                         .query_async::<String>(&mut c)
                         .await
-                        .is_ok()
                     {
-                        return true;
+                        return redis_pid(&info) == Some(self.child.id());
                     }
                 }
             }
@@ -153,6 +155,13 @@ impl Drop for App {
             let _ = tx.send(());
         }
     }
+}
+
+/// The `process_id` field of a Redis `INFO server` reply.
+pub fn redis_pid(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A test configuration against `redis`, with cheap password hashing.
