@@ -325,11 +325,12 @@ fn init_tracing() {
 }
 
 /// Pingora panics in a service thread when a listener cannot be built, which
-/// would leave a process without its listener: make that a clean exit instead.
+/// would leave a process without its listener: make that a clean exit instead,
+/// at once (the default hook's backtrace, with `RUST_BACKTRACE` set, can take
+/// seconds to symbolize while the admin listener goes on answering).
 fn exit_on_listener_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        default(info);
         let msg = info
             .payload()
             .downcast_ref::<String>()
@@ -340,6 +341,7 @@ fn exit_on_listener_panic() {
             eprintln!("cannot listen: {msg}");
             std::process::exit(i32::from(EXIT_CONFIG));
         }
+        default(info);
     }));
 }
 
