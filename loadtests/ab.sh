@@ -9,7 +9,9 @@
 #   A=/tmp/gateway-before B=target/release/gateway loadtests/ab.sh
 #   CASES="/1k:64 /64k:64 /1k:2000" ROUNDS=5 DURATION=8s   # the defaults
 #
-# Prints one line per run and, at the end, the median of each case and target.
+# Prints one line per run and, at the end, the median of each case and target:
+# requests/s and the CPU each request cost the serving process, user (the
+# proxy's own work) and system (the kernel's socket work) apart.
 set -euo pipefail
 [ -n "${TRACE:-}" ] && set -x
 cd "$(dirname "$0")/.."
@@ -55,39 +57,46 @@ warm() { # port path target
   curl -fsS -o /dev/null "http://127.0.0.1:$1$2"; curl -fsS -o /dev/null "http://127.0.0.1:$1$2"
   curl -fsS -D - -o /dev/null "http://127.0.0.1:$1$2" | grep -qi '^x-cache: HIT' || die "$3 does not hit $2"
 }
-run() { # label port path conns
+run() { # label port path conns pid (the process serving: its CPU per request)
   local threads=1; [ "$4" -gt 1000 ] && threads=2
-  local out; out=$(taskset -c 1 wrk -t"$threads" -c"$4" -d"$DURATION" --latency "http://127.0.0.1:$2$3")
-  local rate p99
+  local before after out; before=$(cpu_ticks "$5")
+  out=$(taskset -c 1 wrk -t"$threads" -c"$4" -d"$DURATION" --latency "http://127.0.0.1:$2$3")
+  after=$(cpu_ticks "$5")
+  local rate p99 n
   rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  echo "$1 $3 $4 $rate $p99 $(awk '/Non-2xx|Socket errors/' <<<"$out" | tr '\n' ' ')" | tee -a "$dir/results"
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "$1 $3 $4 $rate $p99 $(cpu_per_request "$before" "$after" "$n") $(awk '/Non-2xx|Socket errors/' <<<"$out" | tr '\n' ' ')" | tee -a "$dir/results"
 }
 
 echo "wrk -d$DURATION, $ROUNDS rounds; proxies on core 0, wrk + origin on core 1"
-echo "target path connections requests/s p99"
+echo "target path connections requests/s p99 user-µs/request system-µs/request"
 warm "$NGINX_PORT" /1k nginx; warm "$NGINX_PORT" /64k nginx
+NGINX_WORKER=$(pgrep -P "${pids[1]}" | head -1)
 for r in $(seq "$ROUNDS"); do
   for c in $CASES; do
     path=${c%%:*}; conns=${c##*:}
     for side in A B; do
       bin=$A; [ "$side" = B ] && bin=$B
       start_gateway "$bin"; warm "$GW_PORT" "$path" "gateway $side"
-      run "$side" "$GW_PORT" "$path" "$conns"
+      run "$side" "$GW_PORT" "$path" "$conns" "$GW_PID"
     done
-    run nginx "$NGINX_PORT" "$path" "$conns"
+    run nginx "$NGINX_PORT" "$path" "$conns" "$NGINX_WORKER"
   done
 done
 echo
-echo "| case | A (before) | B (after) | nginx | A/nginx | B/nginx |"
-echo "|---|---|---|---|---|---|"
+echo "| case | A (before) | B (after) | nginx | A/nginx | B/nginx | CPU µs/request, user + system: A, B, nginx |"
+echo "|---|---|---|---|---|---|---|"
 python3 - "$dir/results" <<'PY'
 import collections, statistics, sys
 runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    who, path, conns, rate = line.split()[:4]
-    runs[(path, conns)].append((who, float(rate)))
+    who, path, conns, rate, _p99, user, system = line.split()[:7]
+    runs[(path, conns)].append((who, float(rate), float(user), float(system)))
 for (path, conns), rs in runs.items():
-    med = {w: statistics.median(r for x, r in rs if x == w) for w in ("A", "B", "nginx")}
-    print(f"| {path}, {conns} connections | {med['A']:,.0f}/s | {med['B']:,.0f}/s | {med['nginx']:,.0f}/s"
-          f" | {med['A'] / med['nginx']:.2f} | {med['B'] / med['nginx']:.2f} |")
+    med = {w: [statistics.median(r[i] for r in rs if r[0] == w) for i in (1, 2, 3)]
+           for w in ("A", "B", "nginx")}
+    cpu = ", ".join(f"{med[w][1]:.1f} + {med[w][2]:.1f}" for w in ("A", "B", "nginx"))
+    print(f"| {path}, {conns} connections | {med['A'][0]:,.0f}/s | {med['B'][0]:,.0f}/s"
+          f" | {med['nginx'][0]:,.0f}/s | {med['A'][0] / med['nginx'][0]:.2f}"
+          f" | {med['B'][0] / med['nginx'][0]:.2f} | {cpu} |")
 PY

@@ -70,21 +70,25 @@ for url in "http://127.0.0.1:$ORIGIN/" "http://127.0.0.1:$NGINX_PORT/" "http://1
   wait_http "$url" 20 || die "$url did not come up"
 done
 
-run() { # label url
+run() { # label url pid (the proxy: its CPU per request, user + system)
   taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d1s "$2" >/dev/null  # warm-up
-  local out; out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$2")
-  local rps p50 p99 errors
+  local before after out; before=$(cpu_ticks "$3")
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$2")
+  after=$(cpu_ticks "$3")
+  local rps p50 p99 errors cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  cpu=$(cpu_per_request "$before" "$after" "$(awk '/requests in/ {print $1}' <<<"$out")")
   errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-  printf '| %-26s | %10s | %8s | %8s | %s\n' "$1" "$rps" "$p50" "$p99" "${errors:-}"
+  printf '| %-26s | %10s | %8s | %8s | %13s | %s\n' "$1" "$rps" "$p50" "$p99" "${cpu/ / + }" "${errors:-}"
 }
 
 echo
 echo "wrk -t1 -c$CONNECTIONS -d$DURATION, proxy on core $PROXY_CORE, wrk + origin on core $LOAD_CORE"
-echo "| target                     |   requests/s |      p50 |      p99 |"
-echo "|----------------------------|------------|----------|----------|"
-run "origin directly" "http://127.0.0.1:$ORIGIN/"
-run "nginx proxy_pass keepalive" "http://127.0.0.1:$NGINX_PORT/"
-run "gateway" "http://127.0.0.1:$GW_PORT/"
+echo "CPU: microseconds per request of the process serving, user + system"
+echo "| target                     |   requests/s |      p50 |      p99 | CPU µs/request |"
+echo "|----------------------------|------------|----------|----------|---------------|"
+run "origin directly" "http://127.0.0.1:$ORIGIN/" "$(pgrep -P "${pids[0]}" | head -1)"
+run "nginx proxy_pass keepalive" "http://127.0.0.1:$NGINX_PORT/" "$(pgrep -P "${pids[1]}" | head -1)"
+run "gateway" "http://127.0.0.1:$GW_PORT/" "${pids[2]}"

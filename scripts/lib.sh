@@ -269,3 +269,17 @@ YAML
 
 # pick: a free loopback port in 20000-39999 (for the benchmarks' processes).
 pick() { local p; while :; do p=$((20000 + RANDOM % 20000)); port_free "$p" && { echo "$p"; return; }; done; }
+
+# cpu_ticks PID: "user system" CPU time of a process, all its threads, in clock
+# ticks (/proc/PID/stat fields 14 and 15, read after the command name).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
+
+# cpu_per_request "U0 S0" "U1 S1" REQUESTS: user and system CPU microseconds per
+# request between two cpu_ticks readings, e.g. "26.9 16.8". Tells a proxy's own
+# work (user) from the kernel's (sockets, epoll: system) in a benchmark.
+cpu_per_request() {
+  local hz; hz=$(getconf CLK_TCK)
+  awk -v a="$1" -v b="$2" -v n="$3" -v hz="$hz" 'BEGIN {
+    split(a, x, " "); split(b, y, " ");
+    printf "%.1f %.1f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }'
+}
