@@ -1280,7 +1280,10 @@ where
         while retries < self.max_retries {
             retries += 1;
 
-            let (reuse, e) = self.proxy_to_upstream(&mut session, &mut ctx).await;
+            // PATCH (gateway, issue #23, see PATCH.md): the upstream phase in an
+            // allocation of its own, so that this future (moved into its box for
+            // every request, cache hits included) is not sized by it.
+            let (reuse, e) = Box::pin(self.proxy_to_upstream(&mut session, &mut ctx)).await;
             server_reuse = reuse;
 
             match e {
