@@ -563,7 +563,10 @@ impl Storage for MemStorage {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let combined = key.combined_bin();
         let Some(entry) = self.entries.get(&combined) else {
-            return Ok(self.lookup_shared(key, combined).await);
+            // Boxed: this future is allocated and moved for every lookup, and
+            // the shared tier's (a Redis round trip) would make it ten times
+            // the size a memory hit needs.
+            return Ok(Box::pin(self.lookup_shared(key, combined)).await);
         };
         let meta = entry.meta();
         let len = entry.body.len();

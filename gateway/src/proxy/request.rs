@@ -74,14 +74,8 @@ pub(super) async fn readiness(
     };
     let head_only = req.method == http::Method::HEAD;
     let header = crate::error::json_header(status, ctx.request_id(), body.len())?;
-    session
-        .write_response_header(Box::new(header), head_only)
-        .await?;
-    if !head_only {
-        session
-            .write_response_body(Some(Bytes::from_static(body)), true)
-            .await?;
-    }
+    let body = (!head_only).then(|| Bytes::from_static(body));
+    response::write_answer(session, header, body).await?;
     Ok(true)
 }
 
@@ -108,14 +102,8 @@ pub(super) async fn acme_challenge(
     header.insert_header(header::CONTENT_LENGTH, answer.len())?;
     header.insert_header(header::CACHE_CONTROL, "no-store")?;
     header.insert_header(crate::request_id::HEADER, ctx.request_id())?;
-    session
-        .write_response_header(Box::new(header), head_only)
-        .await?;
-    if !head_only {
-        session
-            .write_response_body(Some(Bytes::from(answer)), true)
-            .await?;
-    }
+    let body = (!head_only).then(|| Bytes::from(answer));
+    response::write_answer(session, header, body).await?;
     Ok(true)
 }
 
@@ -188,7 +176,8 @@ pub(super) async fn filter(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
         let verdict = if rate.shared {
             // Owned: the lease may wait for Redis.
             let client = rate_key(session.req_header(), rate, &ip).to_vec();
-            limiter.check_shared(&client, now).await
+            // Boxed: a Redis round trip, the rare configuration.
+            Box::pin(limiter.check_shared(&client, now)).await
         } else {
             limiter.check(rate_key(session.req_header(), rate, &ip), now)
         };
@@ -240,9 +229,7 @@ async fn redirect_to_https(
     header.remove_header(&header::CONTENT_TYPE);
     header.insert_header(header::LOCATION, location)?;
     crate::metrics::https_redirect();
-    session
-        .write_response_header(Box::new(header), true)
-        .await?;
+    response::write_answer(session, header, None).await?;
     Ok(true)
 }
 
@@ -345,8 +332,5 @@ async fn purge(session: &mut Session, ctx: &mut Ctx, snap: &crate::state::Snapsh
     crate::metrics::cache_purged(n);
     let body = bytes::Bytes::from(format!("{{\"purged\":{n}}}\n"));
     let header = crate::error::json_header(200, ctx.request_id(), body.len())?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session.write_response_body(Some(body), true).await
+    response::write_answer(session, header, Some(body)).await
 }
