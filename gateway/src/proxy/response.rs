@@ -64,7 +64,6 @@ fn add_hsts(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Writes the JSON error answer and remembers it for logging.
 /// Writes a whole answer of the gateway's own: `header`, then `body` (`None`:
 /// none, e.g. for HEAD). Boxed, because these answers are the rare paths of
 /// hooks that run for every request: inlined, a session write (about 1 KiB of
@@ -85,6 +84,7 @@ pub(super) fn write_answer(
     })
 }
 
+/// Writes the JSON error answer and remembers it for logging.
 pub(super) async fn respond_error(
     session: &mut Session,
     ctx: &mut Ctx,
